@@ -1,0 +1,1 @@
+"""The packaged Hydra config groups: target/, env/, model/, data/."""

@@ -1,0 +1,91 @@
+"""The ``script`` model: run any user script or module, with arguments, in the run's
+working directory (the project snapshot). ``runner.log_metric`` inside it records metrics."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from runner import hookimpl
+from runner.errors import UserError
+from runner.model import Model, ModelError, RunContext
+
+
+@dataclass
+class ScriptConfig:
+    name: str = "script"  # the model's registered name
+    path: str | None = None  # the script, relative to the project root (or absolute)
+    module: str | None = None  # or a module to run with `python -m`
+    args: list[str] = field(default_factory=list)  # arguments passed to the script
+    python: str | None = None  # interpreter on the target; default: the worker's own
+
+
+class ScriptModel(Model):
+    """Runs ``python PATH ARGS...`` (or ``python -m MODULE ARGS...``) as a child process."""
+
+    name = "script"
+    Config = ScriptConfig
+
+    def describe(self) -> str:
+        c = self.config
+        return f"script {c.path or '-m ' + str(c.module)}"
+
+    def validate(self, project_root: Path) -> None:
+        c = self.config
+        if bool(c.path) == bool(c.module):
+            raise UserError(
+                "model=script needs exactly one of model.path or model.module.",
+                "e.g. runner submit model=script model.path=train.py 'model.args=[--lr,0.1]'",
+            )
+        if c.path:
+            p = Path(c.path)
+            full = p if p.is_absolute() else Path.cwd() / p
+            if not full.is_file():
+                raise UserError(
+                    f"model.path: script '{c.path}' not found (looked at {full}).",
+                    "give a path relative to the current directory, or an absolute path.",
+                )
+
+    def command(self) -> list[str]:
+        c = self.config
+        py = c.python or sys.executable
+        head = [py, c.path] if c.path else [py, "-m", str(c.module)]
+        return head + [str(a) for a in c.args]
+
+    def run(self, ctx: RunContext) -> int:
+        env = dict(os.environ)
+        env["PYTHONUNBUFFERED"] = "1"
+        paths = [str(ctx.work_dir), env.get("PYTHONPATH", "")]
+        if self.config.python:  # another interpreter: its `import runner` must find this one
+            paths.append(_runner_path())
+        env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
+        try:
+            proc = subprocess.Popen(self.command(), cwd=ctx.work_dir, env=env)
+        except FileNotFoundError as e:
+            raise ModelError(f"cannot start {self.command()[0]}: {e.strerror}") from None
+        try:
+            return proc.wait()
+        except BaseException:
+            # a cancel: the child got the same SIGTERM (same process group); give it time
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.send_signal(signal.SIGKILL)
+                proc.wait()
+            raise
+
+
+def _runner_path() -> str:
+    import runner
+
+    return str(Path(runner.__file__).resolve().parent.parent)
+
+
+@hookimpl
+def runner_register_models(register: Any) -> None:
+    register(ScriptModel)

@@ -1,0 +1,241 @@
+"""The ``local`` backend: the worker as a detached process group on this machine."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from runner import hookimpl
+from runner.backend import Backend, BackendConfig, Prepared, RunHandle, RunSpec, RunState, RunStatus
+from runner.bundle import cache_root, worker_bundle
+from runner.environment import env_inputs, env_key, explain_miss
+from runner.errors import UserError
+from runner.rundir import RunDir, lost_or_cancelled
+
+
+@dataclass
+class LocalConfig(BackendConfig):
+    backend: str = "local"  # this backend
+    slots: int = 1  # concurrent runs (sweeps)
+    gpus: str | None = None  # GPUs this machine offers to runs: None, "all" or "0,1"
+    cancel_grace: float = 10.0  # seconds between SIGTERM and SIGKILL on cancel
+
+
+def _proc_state(pid: int) -> tuple[str, int] | None:
+    """(state letter, process group) of ``pid``, or None if it does not exist."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            stat = f.read()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    fields = stat[stat.rfind(")") + 2 :].split()
+    return fields[0], int(fields[2])
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live (not zombie) processes of process group ``pgid``."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            st = _proc_state(int(entry))
+            if st and st[1] == pgid and st[0] not in ("Z", "X"):
+                out.append(int(entry))
+    return out
+
+
+def _start_time(pid: int) -> str | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    return stat[stat.rfind(")") + 2 :].split()[19]
+
+
+class LocalHandle(RunHandle):
+    """A worker process group on this machine."""
+
+    def __init__(
+        self, run_id: str, run_dir: Path, pgid: int, start: str | None, grace: float,
+        proc: subprocess.Popen[bytes] | None = None,
+    ) -> None:
+        super().__init__(run_id)
+        self.rd = RunDir(run_dir)
+        self.pgid = pgid
+        self.start = start
+        self.grace = grace
+        self._proc = proc
+
+    @property
+    def locator(self) -> dict[str, Any]:
+        return {"pgid": self.pgid, "start": self.start}
+
+    def _alive(self) -> bool:
+        if self._proc is not None:
+            self._proc.poll()  # reap our own child so it does not linger as a zombie
+        if self.start is not None and _start_time(self.pgid) not in (None, self.start):
+            return False  # the PID was reused by an unrelated process; ours is gone
+        return bool(group_members(self.pgid))
+
+    def status(self) -> RunStatus:
+        st = self.rd.status()
+        if st is not None and st.terminal:
+            return st
+        if self._alive():
+            return st or RunStatus(RunState.QUEUED)
+        st = self.rd.status()  # it may have finished between the two reads
+        if st is not None and st.terminal:
+            return st
+        code = self._proc.returncode if self._proc is not None else None
+        why = "the worker process ended without a final status"
+        if code is not None and code < 0:
+            why += f" (killed by signal {-code})"
+        final = lost_or_cancelled(self.rd, why)
+        if code is not None:
+            final = RunStatus(final.state, exit_code=128 - code if code < 0 else code, message=final.message)
+        self.rd.write_status(final)
+        return final
+
+    def cancel(self) -> RunStatus:
+        st = self.status()
+        if st.terminal:
+            return st
+        self.rd.request_cancel()
+        self._signal(signal.SIGTERM)
+        deadline = time.monotonic() + self.grace
+        while self._alive() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if self._alive():
+            self._signal(signal.SIGKILL)
+            deadline = time.monotonic() + 10
+            while self._alive() and time.monotonic() < deadline:
+                time.sleep(0.05)
+        if self._alive():
+            raise RuntimeError(f"run {self.run_id}: process group {self.pgid} survived SIGKILL")
+        return self.status()
+
+    def _signal(self, sig: int) -> None:
+        try:
+            os.killpg(self.pgid, sig)
+        except ProcessLookupError:
+            pass
+
+    def logs(self, offset: int = 0) -> Iterator[tuple[int, str]]:
+        final = self.status().terminal
+        yield from self.rd.read_log(offset, final=final)
+
+    def fetch_outputs(self, dest: Path) -> None:
+        if Path(dest).resolve() != self.rd.path.resolve():
+            shutil.copytree(self.rd.path, dest, dirs_exist_ok=True)
+
+
+class LocalBackend(Backend):
+    """Runs the worker as a detached process group; envs are cached virtualenvs."""
+
+    name = "local"
+    Config = LocalConfig
+    capabilities = frozenset({"cancel", "follow_logs", "outputs", "venv"})
+    config: LocalConfig
+
+    # -- environments ---------------------------------------------------------
+    def _python_for(self, version: str | None) -> str:
+        if version is None or sys.version.startswith(version + ".") or sys.version.split()[0] == version:
+            return sys.executable
+        exe = shutil.which(f"python{version}")
+        if exe is None:
+            raise UserError(
+                f"env.python: Python {version} is not installed on this machine "
+                f"(no python{version} on PATH).",
+                f"this machine has Python {sys.version.split()[0]}; set env.python to it, or install {version}.",
+            )
+        return exe
+
+    def prepare(self, spec: RunSpec) -> Prepared:
+        if spec.env.is_current:
+            return Prepared(
+                env_key=f"current-py{sys.version.split()[0]}",
+                cached=True,
+                reason="cached (env=current: the running interpreter, nothing to build)",
+                details={"python": sys.executable},
+            )
+        py = self._python_for(spec.env.python)
+        version = subprocess.run(
+            [py, "-c", "import platform; print(platform.python_version())"],
+            capture_output=True, text=True, check=True,
+        ).stdout.strip()
+        bundle, bundle_key = worker_bundle()
+        inputs = env_inputs(spec.env, python=version, runner_hash=bundle_key)
+        key = env_key(inputs)
+        root = cache_root() / "venvs"
+        venv = root / key
+        if (venv / ".complete").exists():
+            return Prepared(key, True, "cached", {"python": str(venv / "bin" / "python")})
+        cached = [
+            json.loads(p.read_text()) for p in sorted(root.glob("*/inputs.json"))
+            if (p.parent / ".complete").exists()
+        ] if root.is_dir() else []
+        reason = explain_miss(inputs, cached)
+        print(f"[runner] env {spec.env.name}: {reason}; building virtualenv {key}", flush=True)
+        self._build(venv, py, inputs, bundle)
+        return Prepared(key, False, reason, {"python": str(venv / "bin" / "python")})
+
+    def _build(self, venv: Path, py: str, inputs: Mapping[str, Any], bundle: Path) -> None:
+        tmp = venv.with_name(venv.name + f".building-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run([py, "-m", "venv", str(tmp)], check=True)
+        reqs = list(inputs["requirements"])
+        if reqs:
+            proc = subprocess.run(
+                [str(tmp / "bin" / "python"), "-m", "pip", "install", "--disable-pip-version-check", *reqs]
+            )
+            if proc.returncode != 0:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise UserError(
+                    f"env: pip could not install the requirements (exit {proc.returncode}).",
+                    "the pip output above says which requirement failed.",
+                )
+        site = next((tmp / "lib").glob("python*/site-packages"))
+        (site / "runner-worker.pth").write_text(str(bundle) + "\n")
+        (tmp / "inputs.json").write_text(json.dumps(inputs, indent=1, sort_keys=True))
+        (tmp / ".complete").touch()
+        # The venv's scripts hard-code the path they were made at; only bin/python is used.
+        try:
+            os.replace(tmp, venv)
+        except OSError:  # another prepare finished the same key first
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    # -- runs -----------------------------------------------------------------
+    def submit(self, spec: RunSpec, prepared: Prepared) -> RunHandle:
+        rd = RunDir(spec.run_dir)
+        python = str(prepared.details.get("python") or sys.executable)
+        env = dict(os.environ)
+        env["PYTHONUNBUFFERED"] = "1"
+        if spec.gpus not in (None, "", "all"):
+            env["CUDA_VISIBLE_DEVICES"] = str(spec.gpus)
+        with open(rd.log, "ab") as log:
+            proc = subprocess.Popen(
+                [python, "-m", "runner.worker", str(rd.path)],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                cwd=rd.path, env=env, start_new_session=True,
+            )
+        return LocalHandle(spec.run_id, rd.path, proc.pid, _start_time(proc.pid),
+                           self.config.cancel_grace, proc)
+
+    def reattach(self, run_id: str, run_dir: Path, locator: Mapping[str, Any]) -> RunHandle:
+        return LocalHandle(run_id, run_dir, int(locator["pgid"]), locator.get("start"),
+                           self.config.cancel_grace)
+
+
+@hookimpl
+def runner_register_backends(register: Any) -> None:
+    register(LocalBackend)

@@ -1,0 +1,129 @@
+"""From a composed Hydra config to typed, validated pieces: target, env, model.
+
+Each backend owns the schema of its target files (``Backend.Config``) and each model the
+schema of its model files (``Model.Config``); the core owns the env schema. A key a schema
+does not know is an error naming the key, the file and the valid keys.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
+
+from runner.backend import Backend, BackendConfig, EnvSpec
+from runner.errors import UserError
+from runner.model import Model
+from runner.registry import Registry
+
+GROUPS = ("target", "env", "model", "data")
+
+
+@dataclass
+class EnvConfig:
+    """Schema of ``conf/env/*.yaml``."""
+
+    name: str = "current"  # the env's name (recorded with every run)
+    python: str | None = None  # wanted Python version, e.g. "3.11"; null = as found
+    requirements: list[str] = field(default_factory=list)  # pip lines; "-r FILE" allowed
+    base_image: str | None = None  # Docker base image (Docker targets)
+    apt: list[str] = field(default_factory=list)  # Debian packages (Docker targets)
+    gpus: str | None = None  # GPUs the env needs: null, "all" or "0,1"
+    require_gpu: bool = False  # fail the run at once when no GPU is visible
+    options: dict[str, Any] = field(default_factory=dict)  # backend-specific extras
+
+
+def package_conf_dir() -> Path:
+    import runner.conf
+
+    return Path(runner.conf.__path__[0])
+
+
+def conf_dirs(project_root: Path) -> list[Path]:
+    """Where config groups are looked up: the project's ``conf/`` first, then the package's."""
+    dirs = []
+    user = project_root / "conf"
+    pkg = package_conf_dir()
+    if user.is_dir() and user.resolve() != pkg.resolve():
+        dirs.append(user)
+    dirs.append(pkg)
+    return dirs
+
+
+def config_file(group: str, choice: str, dirs: list[Path]) -> str:
+    for d in dirs:
+        p = d / group / f"{choice}.yaml"
+        if p.is_file():
+            return str(p)
+    return f"{group}/{choice}.yaml"
+
+
+def options(group: str, dirs: list[Path]) -> list[str]:
+    names: set[str] = set()
+    for d in dirs:
+        if (d / group).is_dir():
+            names |= {p.stem for p in (d / group).glob("*.yaml")}
+    return sorted(names)
+
+
+def _validate(schema: type, node: Any, *, what: str, path: str, prefix: str) -> Any:
+    """Merge ``node`` into the structured ``schema``; return the dataclass instance."""
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(schema), node)
+        return OmegaConf.to_object(merged)
+    except ConfigKeyError as e:
+        valid = [f.name for f in dataclasses.fields(schema)]
+        raise UserError(
+            f"{path}: key '{prefix}.{e.key}' is not valid for {what}.",
+            f"valid keys: {', '.join(valid)}",
+        ) from None
+    except OmegaConfBaseException as e:
+        msg = str(e).splitlines()[0]
+        key = getattr(e, "full_key", None) or getattr(e, "key", None)
+        where = f"key '{prefix}.{key}': " if key else ""
+        raise UserError(f"{path}: {where}{msg}") from None
+
+
+def target_config(
+    cfg: DictConfig, choice: str, registry: Registry, dirs: list[Path]
+) -> tuple[type[Backend], BackendConfig]:
+    path = config_file("target", choice, dirs)
+    node = cfg.get("target")
+    if not isinstance(node, DictConfig) or "backend" not in node:
+        raise UserError(f"{path}: a target needs a 'backend' key.",
+                        f"registered backends: {', '.join(sorted(registry.backends))}")
+    name = str(node.backend)
+    cls = registry.backend(name, where=f"target '{choice}' ({path}) asks for ")
+    conf = _validate(cls.Config, node, what=f"backend '{name}'", path=path, prefix="target")
+    return cls, conf
+
+
+def env_spec(cfg: DictConfig, choice: str, dirs: list[Path], project_root: Path) -> EnvSpec:
+    path = config_file("env", choice, dirs)
+    conf: EnvConfig = _validate(EnvConfig, cfg.get("env") or {}, what="an env", path=path, prefix="env")
+    return EnvSpec(
+        name=conf.name or choice,
+        python=None if conf.python is None else str(conf.python),
+        requirements=tuple(str(r) for r in conf.requirements),
+        base_image=conf.base_image,
+        apt=tuple(conf.apt),
+        gpus=conf.gpus,
+        require_gpu=conf.require_gpu,
+        root=project_root,
+        extra=dict(conf.options),
+    )
+
+
+def model_instance(cfg: DictConfig, choice: str, registry: Registry, dirs: list[Path]) -> Model:
+    path = config_file("model", choice, dirs)
+    node = cfg.get("model")
+    if not isinstance(node, DictConfig) or "name" not in node:
+        raise UserError(f"{path}: a model config needs a 'name' key (the registered model).",
+                        f"registered models: {', '.join(sorted(registry.models))}")
+    cls = registry.model(str(node.name))
+    conf = _validate(cls.Config, node, what=f"model '{cls.name}'", path=path, prefix="model")
+    return cls(conf)

@@ -1,0 +1,247 @@
+"""The client side of a run: plan it from a composed config, record it, prepare, submit,
+follow, finish, and reconcile the ledger with what the targets say."""
+
+from __future__ import annotations
+
+import dataclasses
+import getpass
+import os
+import platform
+import socket
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from omegaconf import DictConfig, OmegaConf
+
+from runner import __version__, snapshot
+from runner import config as conf
+from runner.backend import Backend, EnvSpec, Prepared, RunHandle, RunSpec, RunState, RunStatus
+from runner.errors import UserError
+from runner.model import Model
+from runner.registry import Registry, collect, make_plugin_manager
+from runner.rundir import CONFIG, META, RunDir, write_json_atomic
+from runner.secrets import env_ref, is_secret_key, redact, secret_refs
+from runner.store import RunRecord, Store, find_project_root
+
+
+@dataclass
+class Plan:
+    """One job, composed and validated, ready to be recorded and submitted."""
+
+    cfg: DictConfig
+    overrides: list[str]
+    choices: dict[str, str]
+    target_name: str
+    backend: Backend
+    env: EnvSpec
+    model: Model
+    seed: int
+
+
+def _job_values(cfg: DictConfig) -> dict[str, Any]:
+    """The config as plain values, resolved, except ``${oc.env:VAR}`` under secret-looking keys,
+    which travel as references (the worker resolves them on the target)."""
+    raw = OmegaConf.to_container(cfg, resolve=False)
+    done = OmegaConf.to_container(cfg, resolve=True)
+
+    def merge(r: Any, d: Any, key: str) -> Any:
+        if isinstance(r, dict) and isinstance(d, dict):
+            return {k: merge(r.get(k), d[k], str(k)) for k in d}
+        if isinstance(r, list) and isinstance(d, list) and len(r) == len(d):
+            return [merge(a, b, key) for a, b in zip(r, d, strict=True)]
+        if env_ref(r) and is_secret_key(key):
+            return r
+        return d
+
+    out = merge(raw, done, "")
+    assert isinstance(out, dict)
+    out.pop("hydra", None)
+    return out
+
+
+class Runs:
+    """The ledger plus the plugins: everything the CLI and the sweep launcher do with runs."""
+
+    def __init__(self, project_root: Path | None = None, *, registry: Registry | None = None,
+                 pm: Any = None) -> None:
+        self.project_root = project_root or find_project_root()
+        self.store = Store.for_project(self.project_root)
+        self.pm = pm or make_plugin_manager()
+        self.registry = registry or collect(self.pm)
+        self.dirs = conf.conf_dirs(self.project_root)
+
+    # -- planning ---------------------------------------------------------------
+    def plan(self, cfg: DictConfig, overrides: list[str], choices: dict[str, str]) -> Plan:
+        target_name = choices.get("target", "?")
+        backend_cls, target_conf = conf.target_config(cfg, target_name, self.registry, self.dirs)
+        env = conf.env_spec(cfg, choices.get("env", "?"), self.dirs, self.project_root)
+        model = conf.model_instance(cfg, choices.get("model", "?"), self.registry, self.dirs)
+        model.validate(self.project_root)
+        seed = cfg.get("seed", 0)
+        if not isinstance(seed, int):
+            raise UserError(f"seed: must be an integer, got {seed!r}.")
+        return Plan(cfg, list(overrides), dict(choices), target_name, backend_cls(target_conf),
+                    env, model, seed)
+
+    def backend_for(self, record: RunRecord) -> Backend:
+        meta = RunDir(record.run_dir).meta()
+        cls = self.registry.backend(record.backend, where=f"run {record.id} was made with ")
+        values = meta.get("target_config") or {}
+        names = {f.name for f in dataclasses.fields(cls.Config)}
+        return cls(cls.Config(**{k: v for k, v in values.items() if k in names}))
+
+    # -- starting ---------------------------------------------------------------
+    def record(self, plan: Plan, *, sweep_id: str | None = None, job_key: str | None = None,
+               code_from: Path | None = None, gpus: str | None = None) -> tuple[RunRecord, RunSpec]:
+        """Create the ledger row and the run directory (request, config, meta, code)."""
+        rec = self.store.create_run(target=plan.target_name, backend=plan.backend.name,
+                                    model=plan.model.name, sweep_id=sweep_id, job_key=job_key)
+        rd = RunDir(rec.run_dir)
+        values = _job_values(plan.cfg)
+        if code_from is not None:
+            import shutil
+
+            shutil.copytree(code_from, rd.code, symlinks=True)
+            manifest: dict[str, Any] | None = None
+        else:
+            manifest = snapshot.take(self.project_root, rd.code)
+        target_conf = dataclasses.asdict(plan.backend.config)  # type: ignore[call-overload]
+        gpus = gpus if gpus is not None else (plan.env.gpus or target_conf.get("gpus"))
+        rd.write_request({
+            "run_id": rec.id,
+            "model": plan.model.name,
+            "model_config": {**dataclasses.asdict(plan.model.config),
+                             **{k: v for k, v in values.get("model", {}).items()
+                                if env_ref(v)}},
+            "data": values.get("data") or {},
+            "env": values.get("env") or {},
+            "seed": plan.seed,
+            "gpus": gpus,
+            "require_gpu": plan.env.require_gpu,
+            "secret_env": sorted(secret_refs(values)),
+        })
+        (rd.path / CONFIG).write_text(yaml.safe_dump(redact(values), sort_keys=False))
+        write_json_atomic(rd.path / META, {
+            "overrides": [redact_override(o) for o in plan.overrides],
+            "choices": plan.choices,
+            "target_config": redact(target_conf),
+            "git": snapshot.git_state(self.project_root),
+            "code_manifest": manifest,
+            "client": {
+                "host": socket.gethostname(), "user": getpass.getuser(),
+                "python": platform.python_version(), "runner": __version__,
+                "argv": [redact_override(a) for a in sys.argv[1:]],
+                "cwd": os.getcwd(), "time": time.time(),
+            },
+            "sweep_id": sweep_id,
+            "model_description": plan.model.describe(),
+        })
+        spec = RunSpec(run_id=rec.id, run_dir=rd.path, target_name=plan.target_name,
+                       target=plan.backend.config, env=plan.env, model=plan.model.name,
+                       project_root=self.project_root, gpus=gpus,
+                       labels={"sweep": sweep_id} if sweep_id else {})
+        return rec, spec
+
+    def prepare(self, backend: Backend, spec: RunSpec) -> Prepared:
+        return backend.prepare(spec)
+
+    def launch(self, plan: Plan, spec: RunSpec, *, on_prepared: Callable[[Prepared], None] | None = None
+               ) -> RunHandle:
+        """Prepare and submit a recorded run; a failure is recorded as FAILED and re-raised."""
+        rd = RunDir(spec.run_dir)
+        try:
+            self.store.update(spec.run_id, state=RunState.PREPARING)
+            rd.write_status(RunStatus(RunState.PREPARING))
+            self.pm.hook.runner_before_prepare(spec=spec)
+            prepared = plan.backend.prepare(spec)
+            if on_prepared:
+                on_prepared(prepared)
+            self.store.update(spec.run_id, env_key=prepared.env_key)
+            handle = plan.backend.submit(spec, prepared)
+        except BaseException as e:
+            msg = e.message if isinstance(e, UserError) else f"{type(e).__name__}: {e}"
+            if isinstance(e, KeyboardInterrupt):
+                st = RunStatus(RunState.CANCELLED, message="cancelled before it started")
+            else:
+                st = RunStatus(RunState.FAILED, message=f"could not start: {msg}")
+            rd.write_status(st)
+            self.finish(spec.run_id, st)
+            raise
+        self.store.update(spec.run_id, locator=handle.locator, state=RunState.RUNNING)
+        try:
+            self.pm.hook.runner_after_submit(spec=spec, handle=handle)
+        except Exception as e:  # the run is already going; report, never kill it
+            print(f"warning: a runner_after_submit hook failed: {e}", file=sys.stderr)
+        return handle
+
+    # -- observing --------------------------------------------------------------
+    def handle(self, record: RunRecord) -> RunHandle | None:
+        if record.locator is None:
+            return None
+        return self.backend_for(record).reattach(record.id, record.run_dir, record.locator)
+
+    def refresh(self, record: RunRecord) -> RunRecord:
+        """Ask the target for the truth about a non-terminal run and record it."""
+        if record.state.terminal:
+            return record
+        handle = self.handle(record)
+        if handle is None:
+            # recorded but never submitted: the client that made it is gone
+            if time.time() - record.updated > 60:
+                st = RunStatus(RunState.LOST, message="the client ended before the run was submitted")
+                RunDir(record.run_dir).write_status(st)
+                self.finish(record.id, st)
+            return self.store.get(record.id)
+        st = handle.status()
+        if st.terminal:
+            self.finish(record.id, st)
+        elif st.state != record.state:
+            self.store.update(record.id, state=st.state)
+        return self.store.get(record.id)
+
+    def reconcile(self) -> list[RunRecord]:
+        """Refresh every run the ledger thinks is still going; return those that changed."""
+        changed = []
+        for rec in self.store.list(states=(RunState.QUEUED, RunState.PREPARING, RunState.RUNNING)):
+            try:
+                new = self.refresh(rec)
+            except Exception as e:  # one unreachable target must not hide the others
+                print(f"warning: could not check run {rec.id} on {rec.target}: {e}", file=sys.stderr)
+                continue
+            if new.state != rec.state:
+                changed.append(new)
+        return changed
+
+    def finish(self, run_id: str, status: RunStatus) -> None:
+        """Record a terminal status (once) and tell the plugins."""
+        rec = self.store.get(run_id)
+        if rec.state.terminal:
+            return
+        summary = RunDir(rec.run_dir).summary()
+        self.store.update(run_id, state=status.state, exit_code=status.exit_code, oom=int(status.oom),
+                          message=status.message, summary=summary, finished=time.time())
+        if self.store.get(run_id).state == status.state:
+            self.pm.hook.runner_run_finished(run_id=run_id, status=status, summary=summary)
+
+    def follow(self, handle: RunHandle, offset: int = 0, *, poll: float = 0.2
+               ) -> Iterator[tuple[int, str]]:
+        """Yield log lines until the run ends (then the rest of the log)."""
+        while True:
+            ended = handle.status().terminal
+            for offset, line in handle.logs(offset):
+                yield offset, line
+            if ended:
+                return
+            time.sleep(poll)
+
+
+def redact_override(text: str) -> str:
+    key, sep, value = text.partition("=")
+    if sep and is_secret_key(key) and not env_ref(value):
+        return f"{key}=****"
+    return redact(text) if sep else text

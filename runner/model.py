@@ -1,0 +1,86 @@
+"""The model contract: what the worker calls on the target.
+
+A *model plugin* is a class registered through the ``runner_register_models`` hook. The
+``model=NAME`` config group selects it by name; the keys of ``conf/model/NAME.yaml`` (all but
+``name``) are validated against its :attr:`Model.Config` dataclass on the client, and the
+worker builds that dataclass from the run directory and passes it to :meth:`Model.run`.
+
+Models run inside the worker process on the target. Import heavy frameworks (TensorFlow,
+Keras, PyTorch) inside :meth:`Model.run`, never at module level: the CLI loads every plugin
+module, and ``runner --help`` must stay fast.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Protocol
+
+__all__ = ["Model", "RunContext", "ModelError"]
+
+
+class ModelError(Exception):
+    """A model's way to fail a run with one clear line and no traceback in the log."""
+
+
+class RunContext(Protocol):
+    """What a running model can see and record. Built by the worker for one run."""
+
+    run_id: str  #: the ledger's id of the run
+    run_dir: Path  #: the run directory on the target
+    work_dir: Path  #: where the project's code snapshot is (the working directory)
+    outputs_dir: Path  #: put every artifact here; it comes back to the client
+    seed: int  #: the seed the worker gave Python's, NumPy's and the framework's RNGs
+    data: Mapping[str, Any]  #: the composed ``data`` config (plain values)
+    env: Mapping[str, Any]  #: the composed ``env`` config (plain values)
+    gpus: str | None  #: GPUs given to this run (None = none requested)
+
+    def log_metric(self, name: str, value: float, step: int | None = None) -> None:
+        """Record a metric now (appended to ``metrics.jsonl``; visible to ``runner show``)."""
+
+    def set_meta(self, key: str, value: Any) -> None:
+        """Record a fact about the run (the device that trains it, dataset sizes)."""
+
+
+class Model(ABC):
+    """A registered model. One instance runs one run."""
+
+    name: ClassVar[str]  #: what ``model=`` (and the ``name`` key of the model config) selects
+    Config: ClassVar[type]  #: a dataclass: the schema of ``conf/model/NAME.yaml``
+    #: Extras the model needs on the target, shown in errors when its import fails.
+    requires: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, config: Any) -> None:
+        self.config = config
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> Model:
+        """Build the model from plain config values (what the worker reads)."""
+        names = {f.name for f in dataclasses.fields(cls.Config)}
+        return cls(cls.Config(**{k: v for k, v in values.items() if k in names}))
+
+    def validate(self, project_root: Path) -> None:  # noqa: B027 - optional hook
+        """Check the config on the client before anything is submitted (a missing script,
+        a bad path). Raise :class:`runner.errors.UserError` with a clear message."""
+
+    def describe(self) -> str:
+        """One line for tables (``runner runs``): the model and its key setting."""
+        return self.name
+
+    @abstractmethod
+    def run(self, ctx: RunContext) -> int:
+        """Train/evaluate/run. Return the exit code (0 = success).
+
+        Raise :class:`ModelError` for an expected failure (one line, no traceback).
+        """
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """A registered model class and the plugin that registered it (for ``runner plugins``)."""
+
+    cls: type[Model]
+    plugin: str

@@ -1,0 +1,183 @@
+"""The run directory: the protocol between the client and whatever executes a run.
+
+One directory per run, self-contained, so that any backend can ship it to a target (mount
+it into a container, copy it to a remote host, hand it to a Ray job) and bring it back::
+
+    request.json    the client's request: model, its config, data/env config, seed, GPUs
+    config.yaml     the resolved config (secrets redacted), for people
+    meta.json       what the client knew: overrides, group choices, git state, host
+    code/           the project snapshot taken at submit; the worker's working directory
+    log.txt         the worker's stdout and stderr
+    metrics.jsonl   one JSON object per logged metric: name, value, step, time
+    worker.json     what the worker saw on the target: host, Python, packages, seed, GPUs
+    status.json     the current status, replaced atomically (see runner.backend.RunStatus)
+    cancel          present once a cancel was requested
+    outputs/        the run's artifacts
+
+Only the worker writes ``log.txt``, ``metrics.jsonl``, ``worker.json`` and ``outputs/``; the
+client writes the rest. ``status.json`` is written by the worker while it lives and by the
+client when it records what the worker could not (a kill, a loss).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from runner.backend import RunState, RunStatus
+
+REQUEST = "request.json"
+STATUS = "status.json"
+LOG = "log.txt"
+METRICS = "metrics.jsonl"
+WORKER = "worker.json"
+META = "meta.json"
+CONFIG = "config.yaml"
+CANCEL = "cancel"
+CODE = "code"
+OUTPUTS = "outputs"
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Replace ``path`` with ``data`` as JSON so readers never see a half-written file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=1, sort_keys=True, default=str)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_json(path: Path, default: Any = None) -> Any:
+    """The JSON in ``path``, or ``default`` when it is missing or half-written."""
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return default
+
+
+class RunDir:
+    """Typed access to one run directory."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    # -- paths -----------------------------------------------------------------
+    @property
+    def log(self) -> Path:
+        return self.path / LOG
+
+    @property
+    def metrics(self) -> Path:
+        return self.path / METRICS
+
+    @property
+    def outputs(self) -> Path:
+        return self.path / OUTPUTS
+
+    @property
+    def code(self) -> Path:
+        return self.path / CODE
+
+    # -- request / meta --------------------------------------------------------
+    def write_request(self, request: dict[str, Any]) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.outputs.mkdir(exist_ok=True)
+        write_json_atomic(self.path / REQUEST, request)
+
+    def request(self) -> dict[str, Any]:
+        data = read_json(self.path / REQUEST)
+        if data is None:
+            raise FileNotFoundError(f"{self.path / REQUEST}: no run request here")
+        return dict(data)
+
+    def worker_info(self) -> dict[str, Any]:
+        return dict(read_json(self.path / WORKER, {}) or {})
+
+    def meta(self) -> dict[str, Any]:
+        return dict(read_json(self.path / META, {}) or {})
+
+    # -- status ----------------------------------------------------------------
+    def status(self) -> RunStatus | None:
+        """The last status written, or None if the worker has not written one yet."""
+        data = read_json(self.path / STATUS)
+        return RunStatus.from_dict(data) if data else None
+
+    def write_status(self, status: RunStatus) -> None:
+        data = status.to_dict() | {"time": time.time()}
+        write_json_atomic(self.path / STATUS, data)
+
+    def request_cancel(self) -> None:
+        (self.path / CANCEL).touch()
+
+    @property
+    def cancel_requested(self) -> bool:
+        return (self.path / CANCEL).exists()
+
+    # -- log -------------------------------------------------------------------
+    def read_log(self, offset: int = 0, *, final: bool = False) -> Iterator[tuple[int, str]]:
+        """Complete lines of the log past byte ``offset`` as ``(next_offset, line)``.
+
+        A trailing partial line is held back (it may still grow) unless ``final``.
+        """
+        try:
+            with open(self.log, "rb") as f:
+                f.seek(offset)
+                data = f.read()
+        except FileNotFoundError:
+            return
+        pos = offset
+        for raw in data.splitlines(keepends=True):
+            if not raw.endswith(b"\n") and not final:
+                break
+            pos += len(raw)
+            yield pos, raw.decode("utf-8", "replace")
+
+    # -- metrics ---------------------------------------------------------------
+    def read_metrics(self) -> list[dict[str, Any]]:
+        """Every metric record, in the order logged (a half-written last line is skipped)."""
+        out = []
+        try:
+            text = self.metrics.read_text()
+        except FileNotFoundError:
+            return out
+        for line in text.splitlines():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+        return out
+
+    def summary(self) -> dict[str, float]:
+        """The last value of each metric."""
+        return {m["name"]: m["value"] for m in self.read_metrics()}
+
+
+def append_metric(path: Path, name: str, value: float, step: int | None) -> None:
+    """Append one metric record; one ``write`` of one line, so concurrent writers interleave
+    whole lines only."""
+    line = json.dumps({"name": name, "value": float(value), "step": step, "time": time.time()})
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, (line + "\n").encode())
+    finally:
+        os.close(fd)
+
+
+def lost_or_cancelled(rd: RunDir, why: str) -> RunStatus:
+    """The status of a run whose worker is gone without a final status."""
+    if rd.cancel_requested:
+        return RunStatus(RunState.CANCELLED, exit_code=None, message="cancelled")
+    return RunStatus(RunState.LOST, message=why)

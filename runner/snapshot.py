@@ -1,0 +1,107 @@
+"""Code snapshots: a frozen copy of the project taken at submit, so a run never sees edits
+made afterwards. Honours ``.gitignore`` (through git when the project is a repository) and
+``.runnerignore`` (gitignore-style patterns). Each snapshot comes with a manifest of content
+hashes, so a backend that ships it elsewhere can send only what the other side lacks.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from runner.errors import UserError
+
+MAX_BYTES = 200 * 1024 * 1024
+_ALWAYS_SKIP = {".git", ".runner", ".venv", "venv", "__pycache__", ".mypy_cache", ".pytest_cache",
+                ".ruff_cache", "outputs", "multirun", ".ipynb_checkpoints", "node_modules"}
+
+
+def _git(root: Path, *args: str) -> str | None:
+    try:
+        proc = subprocess.run(["git", "-C", str(root), *args], capture_output=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return proc.stdout.decode("utf-8", "replace") if proc.returncode == 0 else None
+
+
+def git_state(root: Path) -> dict[str, Any]:
+    """Commit, dirty flag and the uncommitted diff of the project (empty outside git)."""
+    commit = _git(root, "rev-parse", "HEAD")
+    if commit is None:
+        return {}
+    status = _git(root, "status", "--porcelain") or ""
+    diff = _git(root, "diff", "HEAD") or ""
+    return {
+        "commit": commit.strip(),
+        "dirty": bool(status.strip()),
+        "diff": diff,
+        "untracked": [line[3:] for line in status.splitlines() if line.startswith("??")],
+    }
+
+
+def _ignore_patterns(root: Path) -> list[str]:
+    f = root / ".runnerignore"
+    if not f.is_file():
+        return []
+    return [ln.strip() for ln in f.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
+
+
+def _ignored(rel: str, patterns: list[str]) -> bool:
+    parts = rel.split("/")
+    for pat in patterns:
+        p = pat.rstrip("/")
+        if p.startswith("/"):
+            if fnmatch.fnmatch(rel, p[1:]) or rel.startswith(p[1:] + "/"):
+                return True
+        elif any(fnmatch.fnmatch(part, p) for part in parts) or fnmatch.fnmatch(rel, p):
+            return True
+    return False
+
+
+def project_files(root: Path) -> list[str]:
+    """Project-relative paths of the files a snapshot takes."""
+    listed = _git(root, "ls-files", "-z", "--cached", "--others", "--exclude-standard")
+    if listed is not None:
+        files = [f for f in listed.split("\0") if f]
+    else:
+        files = []
+        for dirpath, dirnames, filenames in os.walk(root):
+            dirnames[:] = [d for d in dirnames if d not in _ALWAYS_SKIP]
+            rel_dir = Path(dirpath).relative_to(root)
+            files += [(rel_dir / f).as_posix() for f in filenames]
+    patterns = _ignore_patterns(root)
+    out = []
+    for f in files:
+        if set(f.split("/")[:-1]) & _ALWAYS_SKIP or _ignored(f, patterns):
+            continue
+        if (root / f).is_file():
+            out.append(f)
+    return sorted(out)
+
+
+def take(root: Path, dest: Path) -> dict[str, Any]:
+    """Copy the project into ``dest``; return its manifest ``{path: [sha256, size, mode]}``."""
+    files = project_files(root)
+    total = sum((root / f).stat().st_size for f in files)
+    if total > MAX_BYTES:
+        biggest = sorted(files, key=lambda f: (root / f).stat().st_size, reverse=True)[:3]
+        raise UserError(
+            f"the project snapshot would be {total / 2**20:.0f} MiB (limit {MAX_BYTES / 2**20:.0f} MiB).",
+            f"largest files: {', '.join(biggest)}",
+            "list data and other large files in .runnerignore (gitignore syntax) and read them "
+            "from their own location.",
+        )
+    manifest: dict[str, Any] = {}
+    for f in files:
+        src, dst = root / f, dest / f
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src, dst)
+        data = dst.read_bytes()
+        manifest[f] = [hashlib.sha256(data).hexdigest(), len(data), dst.stat().st_mode & 0o777]
+    dest.mkdir(parents=True, exist_ok=True)
+    return manifest

@@ -1,0 +1,209 @@
+"""The worker: what executes a run *on the target*.
+
+``python -m runner.worker RUN_DIR`` reads the request in the run directory, records what it
+sees (host, Python, packages, GPUs), seeds the RNGs, calls the model plugin, and writes the
+final status atomically. Every backend starts exactly this; only how the run directory gets
+to the target differs. Only the standard library, pluggy and the runner package are needed
+here (no Hydra, no OmegaConf): a target's environment does not have to carry the client.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import random
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import traceback
+from collections.abc import Mapping
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from runner.backend import RunState, RunStatus
+from runner.rundir import WORKER, RunDir, append_metric, write_json_atomic
+
+_ENV_REF = re.compile(r"\$\{oc\.env:([A-Za-z_][A-Za-z0-9_]*)(?:,([^}]*))?\}")
+
+
+class Cancelled(BaseException):
+    """Raised in the worker when SIGTERM arrives (a cancel)."""
+
+
+class _Context:
+    """The :class:`runner.model.RunContext` the worker hands to a model."""
+
+    def __init__(self, rd: RunDir, request: Mapping[str, Any], info: dict[str, Any]) -> None:
+        self._rd = rd
+        self._info = info
+        self.run_id: str = request["run_id"]
+        self.run_dir = rd.path
+        self.work_dir = rd.code if rd.code.is_dir() else rd.path
+        self.outputs_dir = rd.outputs
+        self.seed: int = int(request["seed"])
+        self.data: Mapping[str, Any] = request.get("data") or {}
+        self.env: Mapping[str, Any] = request.get("env") or {}
+        self.gpus: str | None = request.get("gpus")
+
+    def log_metric(self, name: str, value: float, step: int | None = None) -> None:
+        append_metric(self._rd.metrics, name, value, step)
+
+    def set_meta(self, key: str, value: Any) -> None:
+        self._info.setdefault("meta", {})[key] = value
+        write_json_atomic(self._rd.path / WORKER, self._info)
+
+
+def resolve_env_refs(value: Any) -> Any:
+    """Resolve ``${oc.env:VAR}`` left in the request by the client (secrets travel as
+    references, never as values) from the worker's environment."""
+    if isinstance(value, str):
+        return _ENV_REF.sub(lambda m: os.environ.get(m.group(1), m.group(2) or ""), value)
+    if isinstance(value, dict):
+        return {k: resolve_env_refs(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [resolve_env_refs(v) for v in value]
+    return value
+
+
+def gpu_info() -> list[dict[str, Any]]:
+    """The GPUs this process can see, as ``nvidia-smi`` reports them (empty without one)."""
+    smi = shutil.which("nvidia-smi")
+    if not smi:
+        return []
+    try:
+        out = subprocess.run(
+            [smi, "--query-gpu=index,name,memory.total,driver_version", "--format=csv,noheader"],
+            capture_output=True, text=True, timeout=10, check=True,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    gpus = []
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    allowed = None if visible in (None, "", "all") else set(visible.split(","))
+    for line in out.strip().splitlines():
+        parts = [p.strip() for p in line.split(",")]
+        if len(parts) >= 4 and (allowed is None or parts[0] in allowed):
+            gpus.append({"index": parts[0], "name": parts[1], "memory": parts[2], "driver": parts[3]})
+    return gpus
+
+
+def _packages() -> dict[str, str]:
+    from importlib import metadata
+
+    out = {}
+    for dist in metadata.distributions():
+        name = dist.metadata.get("Name")
+        if name:
+            out[name] = dist.version
+    return dict(sorted(out.items(), key=lambda kv: kv[0].lower()))
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's and (when installed) NumPy's RNGs; frameworks are seeded by models."""
+    random.seed(seed)
+    os.environ["PYTHONHASHSEED"] = str(seed)
+    os.environ["RUNNER_SEED"] = str(seed)
+    try:
+        import numpy  # cheap when present; models use it for data shuffling
+
+        numpy.random.seed(seed % (2**32))
+    except ImportError:
+        pass
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise Cancelled()
+
+
+def run(run_dir: Path) -> int:
+    """Execute the run in ``run_dir``; return the process exit code."""
+    rd = RunDir(run_dir)
+    request = rd.request()
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    os.environ["RUNNER_RUN_DIR"] = str(rd.path)
+    os.environ["RUNNER_OUTPUTS"] = str(rd.outputs)
+    rd.outputs.mkdir(exist_ok=True)
+    if request.get("gpus") not in (None, "", "all"):
+        os.environ.setdefault("CUDA_VISIBLE_DEVICES", str(request["gpus"]))
+    info: dict[str, Any] = {
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "python": platform.python_version(),
+        "executable": sys.executable,
+        "platform": platform.platform(),
+        "started": time.time(),
+        "seed": int(request["seed"]),
+        "gpus": gpu_info(),
+        "packages": _packages(),
+    }
+    write_json_atomic(rd.path / WORKER, info)
+    rd.write_status(RunStatus(RunState.RUNNING))
+    status: RunStatus
+    try:
+        if request.get("require_gpu") and not info["gpus"]:
+            raise _Fail(
+                "env.require_gpu is true but no GPU is visible to the run "
+                f"(host {info['host']}: nvidia-smi missing or shows none)"
+            )
+        seed_everything(int(request["seed"]))
+        from runner.model import ModelError
+        from runner.registry import collect, make_plugin_manager
+
+        registry = collect(make_plugin_manager())
+        if request["model"] not in registry.models:
+            raise _Fail(
+                f"model '{request['model']}' is not registered on the target "
+                f"(available: {', '.join(sorted(registry.models))})"
+            )
+        model = registry.models[request["model"]].from_mapping(
+            resolve_env_refs(request.get("model_config") or {})
+        )
+        ctx = _Context(rd, request, info)
+        os.chdir(ctx.work_dir)
+        print(f"[runner] run {ctx.run_id}: model {model.describe()} on {info['host']}, seed {ctx.seed}",
+              flush=True)
+        try:
+            code = int(model.run(ctx) or 0)
+        except ModelError as e:
+            raise _Fail(str(e)) from None
+        status = RunStatus(
+            RunState.SUCCEEDED if code == 0 else RunState.FAILED,
+            exit_code=code,
+            message="" if code == 0 else f"exited with code {code}",
+        )
+    except Cancelled:
+        status = RunStatus(RunState.CANCELLED, exit_code=143, message="cancelled")
+    except _Fail as e:
+        print(f"[runner] error: {e}", file=sys.stderr, flush=True)
+        status = RunStatus(RunState.FAILED, exit_code=1, message=str(e))
+    except Exception as e:  # the model crashed: keep its traceback in the log
+        traceback.print_exc()
+        status = RunStatus(RunState.FAILED, exit_code=1, message=f"{type(e).__name__}: {e}")
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the final write must not be interrupted
+    info["finished"] = time.time()
+    write_json_atomic(rd.path / WORKER, info)
+    rd.write_status(status)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    return status.exit_code or 0
+
+
+class _Fail(Exception):
+    """An expected failure: one line in the log, no traceback."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m runner.worker RUN_DIR", file=sys.stderr)
+        return 2
+    return run(Path(args[0]).resolve())
+
+
+if __name__ == "__main__":
+    sys.exit(main())
