@@ -70,6 +70,14 @@ class Model(ABC):
         """One line for tables (``runner runs``): the model and its key setting."""
         return self.name
 
+    @classmethod
+    def predict(cls, outputs_dir: Path, inputs: list[str]) -> list[Any]:
+        """Score ``inputs`` with what a finished run of this model left in ``outputs_dir``
+        (``runner predict RUN ...``). Models that cannot predict keep this default."""
+        from runner.errors import UserError
+
+        raise UserError(f"model '{cls.name}' does not support predict.")
+
     @abstractmethod
     def run(self, ctx: RunContext) -> int:
         """Train/evaluate/run. Return the exit code (0 = success).
