@@ -1,0 +1,202 @@
+"""The backend contract suite, for built-in and third-party backends alike.
+
+Subclass :class:`BackendContract` in a test module and provide the ``backend`` fixture
+(and ``env`` when the backend needs a particular environment)::
+
+    from runner.testing import BackendContract
+
+    class TestMyBackend(BackendContract):
+        @pytest.fixture
+        def backend(self):
+            return MyBackend(MyBackend.Config(host="..."))
+
+        def assert_nothing_left(self, handle):
+            ...  # e.g. no container with the run's label
+
+Every test drives the backend directly through the run-directory protocol (no ledger, no
+CLI), with the built-in ``script`` model running small Python scripts on the target.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from runner.backend import Backend, EnvSpec, Prepared, RunHandle, RunSpec, RunState
+from runner.rundir import RunDir
+from runner.store import new_run_id
+
+__all__ = ["BackendContract", "make_run"]
+
+
+def make_run(
+    base: Path, backend: Backend, script: str, *, args: tuple[str, ...] = (),
+    env: EnvSpec | None = None, seed: int = 0,
+) -> RunSpec:
+    """A run directory under ``base`` whose request runs ``script`` with the script model."""
+    run_id = new_run_id()
+    rd = RunDir(base / run_id)
+    (rd.code).mkdir(parents=True)
+    (rd.code / "job.py").write_text(textwrap.dedent(script))
+    env = env or EnvSpec(name="current")
+    rd.write_request({
+        "run_id": run_id,
+        "model": "script",
+        "model_config": {"name": "script", "path": "job.py", "module": None, "args": list(args),
+                         "python": None},
+        "data": {}, "env": dataclasses.asdict(env) | {"root": None},
+        "seed": seed, "gpus": None, "require_gpu": False, "secret_env": [],
+    })
+    return RunSpec(run_id=run_id, run_dir=rd.path, target_name="contract", target=backend.config,
+                   env=env, model="script", project_root=base)
+
+
+class BackendContract:
+    """What every backend must do. Subclasses provide the ``backend`` fixture."""
+
+    #: seconds a short job may take end to end on this backend (containers start slower)
+    timeout: float = 60.0
+
+    @pytest.fixture
+    def backend(self) -> Backend:
+        raise NotImplementedError("provide a `backend` fixture returning a configured Backend")
+
+    @pytest.fixture
+    def env(self) -> EnvSpec:
+        return EnvSpec(name="current")
+
+    def assert_nothing_left(self, handle: RunHandle) -> None:
+        """Backend-specific check that nothing of a run is left on the target."""
+
+    # -- helpers ------------------------------------------------------------------
+    def start(self, tmp_path: Path, backend: Backend, env: EnvSpec, script: str,
+              *args: str) -> tuple[RunSpec, Prepared, RunHandle]:
+        spec = make_run(tmp_path, backend, script, args=args, env=env)
+        prepared = backend.prepare(spec)
+        return spec, prepared, backend.submit(spec, prepared)
+
+    def wait_running(self, handle: RunHandle, rd: RunDir, marker: str) -> None:
+        deadline = time.monotonic() + self.timeout
+        while time.monotonic() < deadline:
+            for _, line in handle.logs(0):
+                if marker in line:
+                    return
+            assert not handle.status().terminal, f"run ended early: {handle.status()}"
+            time.sleep(0.1)
+        raise AssertionError(f"'{marker}' never appeared in the log")
+
+    # -- the contract ---------------------------------------------------------------
+    def test_prepare_is_idempotent_and_cached(self, tmp_path: Path, backend: Backend, env: EnvSpec) -> None:
+        spec = make_run(tmp_path, backend, "print('x')", env=env)
+        first = backend.prepare(spec)
+        second = backend.prepare(spec)
+        assert first.env_key == second.env_key
+        assert second.cached and "cached" in second.reason
+
+    def test_submit_returns_before_the_run_ends(self, tmp_path: Path, backend: Backend, env: EnvSpec) -> None:
+        spec = make_run(tmp_path, backend, "import time; print('started', flush=True); time.sleep(60)", env=env)
+        prepared = backend.prepare(spec)
+        t0 = time.monotonic()
+        handle = backend.submit(spec, prepared)
+        try:
+            assert time.monotonic() - t0 < 30
+            assert not handle.status().terminal
+        finally:
+            handle.cancel()
+
+    def test_wait_reaches_succeeded_with_exit_code_0(self, tmp_path: Path, backend: Backend, env: EnvSpec) -> None:
+        _, _, handle = self.start(tmp_path, backend, env, "print('hello from the target')")
+        st = handle.wait(self.timeout)
+        assert st.state == RunState.SUCCEEDED, st
+        assert st.exit_code == 0
+
+    def test_a_failing_run_reports_its_exit_code(self, tmp_path: Path, backend: Backend, env: EnvSpec) -> None:
+        _, _, handle = self.start(tmp_path, backend, env, "import sys; print('bye'); sys.exit(3)")
+        st = handle.wait(self.timeout)
+        assert st.state == RunState.FAILED
+        assert st.exit_code == 3
+
+    def test_cancel_is_idempotent_and_leaves_nothing_running(
+        self, tmp_path: Path, backend: Backend, env: EnvSpec
+    ) -> None:
+        spec, _, handle = self.start(
+            tmp_path, backend, env,
+            "import time\nprint('ready', flush=True)\nwhile True: time.sleep(0.1)",
+        )
+        self.wait_running(handle, RunDir(spec.run_dir), "ready")
+        st = handle.cancel()
+        assert st.state == RunState.CANCELLED, st
+        assert handle.cancel().state == RunState.CANCELLED  # idempotent
+        assert handle.status().state == RunState.CANCELLED
+        self.assert_nothing_left(handle)
+
+    def test_cancel_kills_a_run_that_ignores_sigterm(
+        self, tmp_path: Path, backend: Backend, env: EnvSpec
+    ) -> None:
+        spec, _, handle = self.start(
+            tmp_path, backend, env,
+            "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+            "print('stubborn', flush=True)\nwhile True: time.sleep(0.1)",
+        )
+        self.wait_running(handle, RunDir(spec.run_dir), "stubborn")
+        if hasattr(handle, "grace"):
+            handle.grace = 1.0
+        assert handle.cancel().state == RunState.CANCELLED
+        self.assert_nothing_left(handle)
+
+    def test_logs_resume_from_an_offset(self, tmp_path: Path, backend: Backend, env: EnvSpec) -> None:
+        _, _, handle = self.start(tmp_path, backend, env, "for i in range(50): print(f'line {i}')")
+        handle.wait(self.timeout)
+        everything = list(handle.logs(0))
+        text = "".join(t for _, t in everything)
+        assert all(f"line {i}\n" in text for i in range(50))
+        middle = everything[len(everything) // 2][0]
+        rest = "".join(t for _, t in handle.logs(middle))
+        head = "".join(t for off, t in everything if off <= middle)
+        assert head + rest == text  # nothing lost, nothing repeated
+        assert list(handle.logs(everything[-1][0])) == []
+
+    def test_metrics_and_outputs_come_back(self, tmp_path: Path, backend: Backend, env: EnvSpec) -> None:
+        spec, _, handle = self.start(tmp_path, backend, env, """
+            import runner
+            for step in range(3):
+                runner.log_metric("loss", 1.0 / (step + 1), step=step)
+            (runner.outputs_dir() / "weights.bin").write_bytes(b"\\x00" * 1000)
+        """)
+        assert handle.wait(self.timeout).state == RunState.SUCCEEDED
+        dest = RunDir(tmp_path / "fetched")
+        handle.fetch_outputs(dest.path)
+        assert (dest.outputs / "weights.bin").stat().st_size == 1000
+        assert [m["value"] for m in dest.read_metrics()] == [1.0, 0.5, pytest.approx(1 / 3)]
+        assert dest.status() is not None and dest.status().state == RunState.SUCCEEDED  # type: ignore[union-attr]
+
+    def test_arguments_and_seed_reach_the_script(self, tmp_path: Path, backend: Backend, env: EnvSpec) -> None:
+        _, _, handle = self.start(
+            tmp_path, backend, env,
+            "import os, sys; print('args', sys.argv[1:], 'seed', os.environ['RUNNER_SEED'])",
+            "--lr", "0.5",
+        )
+        assert handle.wait(self.timeout).state == RunState.SUCCEEDED
+        text = "".join(t for _, t in handle.logs(0))
+        assert "args ['--lr', '0.5'] seed 0" in text
+
+    def test_reattach_sees_the_same_run(self, tmp_path: Path, backend: Backend, env: EnvSpec) -> None:
+        spec, _, handle = self.start(
+            tmp_path, backend, env, "import time\nprint('up', flush=True)\ntime.sleep(60)")
+        self.wait_running(handle, RunDir(spec.run_dir), "up")
+        again = backend.reattach(spec.run_id, spec.run_dir, _json_roundtrip(handle.locator))
+        assert again.status().state == RunState.RUNNING
+        assert again.cancel().state == RunState.CANCELLED
+        assert handle.status().state == RunState.CANCELLED
+        self.assert_nothing_left(handle)
+
+
+def _json_roundtrip(value: Any) -> Any:
+    import json
+
+    return json.loads(json.dumps(value))

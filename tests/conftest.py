@@ -1,0 +1,46 @@
+"""Shared fixtures: an isolated project, ledger and cache per test; the CLI as a subprocess."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RUNNER_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "runner-cache"))
+    monkeypatch.delenv("RUNNER_HOME", raising=False)
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    """An empty user project (a folder with .runner/, so it is the project root)."""
+    root = tmp_path / "proj"
+    (root / ".runner").mkdir(parents=True)
+    return root
+
+
+def run_cli(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 120,
+            input: str | None = None) -> subprocess.CompletedProcess[str]:
+    """``runner ARGS`` in a fresh interpreter, as a user would type it."""
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "runner.cli", *args], cwd=cwd, env=full_env, text=True,
+        capture_output=True, timeout=timeout, input=input,
+    )
+
+
+@pytest.fixture
+def cli(project: Path):  # type: ignore[no-untyped-def]
+    def call(*args: str, **kw):  # type: ignore[no-untyped-def]
+        kw.setdefault("cwd", project)
+        return run_cli(*args, **kw)
+
+    return call
