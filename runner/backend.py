@@ -38,7 +38,7 @@ __all__ = [
 CAPABILITIES = frozenset({"cancel", "follow_logs", "outputs", "docker", "gpu", "venv", "remote"})
 
 
-class RunState(str, enum.Enum):
+class RunState(enum.StrEnum):
     """Where a run is in its life. The last four are terminal: a run never leaves them."""
 
     QUEUED = "QUEUED"  #: recorded, not yet handed to the backend

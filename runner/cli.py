@@ -245,8 +245,8 @@ def _stream(runs: Runs, run_id: str, handle: RunHandle, prefix: str = "") -> Run
     """Print the log until the run ends; Ctrl-C cancels the run and waits until it stopped."""
     offset = 0
     try:
-        for offset, line in runs.follow(handle, offset):
-            sys.stdout.write(prefix + line if prefix else line)
+        for offset, line in runs.follow(handle):  # noqa: B007 - offset kept for the resume below
+            sys.stdout.write(prefix + line)
             sys.stdout.flush()
     except KeyboardInterrupt:
         old = signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not orphan it
@@ -254,7 +254,7 @@ def _stream(runs: Runs, run_id: str, handle: RunHandle, prefix: str = "") -> Run
             _err(f"\n{prefix}cancelling run {run_id} ...")
             st = handle.cancel()
             runs.finish(run_id, st)
-            for offset, line in handle.logs(offset):
+            for _, line in handle.logs(offset):
                 sys.stdout.write(prefix + line)
         finally:
             signal.signal(signal.SIGINT, old)
@@ -458,9 +458,8 @@ def cmd_logs(args: argparse.Namespace) -> int:
     if handle is None:
         _err(f"run {rec.id} has not started yet ({rec.state.value}).")
         return EXIT_RUN_FAILED
-    offset = 0
     try:
-        for offset, line in runs.follow(handle, offset):
+        for _, line in runs.follow(handle):
             sys.stdout.write(line)
             sys.stdout.flush()
     except KeyboardInterrupt:

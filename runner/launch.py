@@ -233,8 +233,9 @@ class Runs:
         """Yield log lines until the run ends (then the rest of the log)."""
         while True:
             ended = handle.status().terminal
-            for offset, line in handle.logs(offset):
-                yield offset, line
+            for item in handle.logs(offset):
+                offset = item[0]
+                yield item
             if ended:
                 return
             time.sleep(poll)

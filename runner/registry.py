@@ -75,16 +75,19 @@ def collect(pm: pluggy.PluginManager) -> Registry:
     reg = Registry()
 
     def _registrar(kind: str, table: dict[str, Any], base: type, plugin: str) -> Callable:
-        def register(cls: type) -> None:
+        def register(cls: Any) -> None:
             if not (isinstance(cls, type) and issubclass(cls, base)):
                 raise TypeError(f"plugin {plugin} registered {cls!r}, not a {base.__name__} subclass")
-            if cls.name in table:
+            name: str = getattr(cls, "name", "")
+            if not name:
+                raise TypeError(f"plugin {plugin} registered {cls.__name__} without a `name`")
+            if name in table:
                 raise UserError(
-                    f"{kind} '{cls.name}' is registered twice: by "
-                    f"{reg.origin[(kind, cls.name)]} and by {plugin}."
+                    f"{kind} '{name}' is registered twice: by "
+                    f"{reg.origin[(kind, name)]} and by {plugin}."
                 )
-            table[cls.name] = cls
-            reg.origin[(kind, cls.name)] = plugin
+            table[name] = cls
+            reg.origin[(kind, name)] = plugin
 
         return register
 

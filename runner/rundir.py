@@ -148,7 +148,7 @@ class RunDir:
     # -- metrics ---------------------------------------------------------------
     def read_metrics(self) -> list[dict[str, Any]]:
         """Every metric record, in the order logged (a half-written last line is skipped)."""
-        out = []
+        out: list[dict[str, Any]] = []
         try:
             text = self.metrics.read_text()
         except FileNotFoundError:

@@ -97,7 +97,7 @@ def _packages() -> dict[str, str]:
 
     out = {}
     for dist in metadata.distributions():
-        name = dist.metadata.get("Name")
+        name = dist.metadata["Name"]
         if name:
             out[name] = dist.version
     return dict(sorted(out.items(), key=lambda kv: kv[0].lower()))
