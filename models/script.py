@@ -50,6 +50,15 @@ class ScriptModel(Model):
                     f"model.path: script '{c.path}' not found (looked at {full}).",
                     "give a path relative to the current directory, or an absolute path.",
                 )
+            full = full.resolve()
+            if not full.is_relative_to(project_root.resolve()):
+                raise UserError(
+                    f"model.path: '{c.path}' is outside the project ({project_root}); the run "
+                    "executes a snapshot of the project, so the script must be part of it.",
+                    "move the script into the project, or run `runner` from the script's project.",
+                )
+            # the worker runs in the snapshot of the project root
+            c.path = full.relative_to(project_root.resolve()).as_posix()
 
     def command(self) -> list[str]:
         c = self.config

@@ -78,6 +78,10 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+_HYDRA_COMMANDS = ("submit", "prepare")
+_OWN_FLAGS = frozenset({"-h", "--help", "--detach", "-d", "--fail-fast", "--skip-done"})
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args_list
@@ -85,7 +89,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         args_list = [a for a in args_list if a != "--debug"]
         os.environ["RUNNER_DEBUG"] = "1"
     parser = _parser()
-    args = parser.parse_args(args_list)
+    if args_list and args_list[0] in _HYDRA_COMMANDS:
+        # Everything that is not one of our flags goes to Hydra untouched (overrides, --cfg,
+        # -m, --info ...), wherever it stands on the line.
+        ours = [a for a in args_list[1:] if a in _OWN_FLAGS]
+        args = parser.parse_args([args_list[0], *ours])
+        args.overrides = [a for a in args_list[1:] if a not in _OWN_FLAGS]
+    else:
+        args = parser.parse_args(args_list)
     if args.version:
         from runner import __version__
 
@@ -137,12 +148,21 @@ def _as_user_error(e: BaseException) -> Any:
         m = re.search(r"Could not find '([^']+)/([^']+)'", msg)
         if m and "Available options" in msg:
             group, option = m.groups()
-            opts = [ln.strip() for ln in msg.split("Available options", 1)[1].splitlines()[1:]
-                    if ln.strip()]
+            listing = msg.split("Available options", 1)[1].split("Config search path", 1)[0]
+            opts = [ln.strip() for ln in listing.splitlines()[1:] if ln.strip()]
             return UserError(
                 f"unknown {group} '{option}'.",
                 f"available {group} options: {', '.join(opts)}",
                 f"add your own as conf/{group}/{option}.yaml in your project.",
+            )
+        m = re.search(r"Could not override '([^']+)'", msg)
+        if m:
+            key = m.group(1)
+            group = key.split(".", 1)[0]
+            return UserError(
+                f"key '{key}' is not in the composed config (misspelt?).",
+                f"see the valid keys: runner submit --cfg job {group}=<your choice>",
+                f"to add a new key on purpose: +{key}=...",
             )
         if type(e).__name__ == "OverrideParseException":
             return UserError(f"cannot parse the overrides: {msg.splitlines()[0]}",
@@ -180,6 +200,9 @@ def _compose_and_run(
     from runner.secrets import check_overrides
 
     check_overrides([o for o in overrides if not o.startswith("-")])
+    from runner.config import store_plugin_configs
+
+    store_plugin_configs(runs.registry, runs.dirs)
     hydra_args = list(overrides)
     user_conf = runs.project_root / "conf"
     if user_conf.is_dir() and user_conf.resolve() != package_conf_dir().resolve() \
@@ -189,15 +212,27 @@ def _compose_and_run(
     os.environ.setdefault("RUNNER_HYDRA_SWEEP_DIR", str(runs.store.home / "hydra"))
     os.environ.setdefault("RUNNER_HYDRA_LAUNCHER", "runner")
 
+    failed: list[BaseException] = []
+
     def task_function(cfg: DictConfig) -> Any:
+        from hydra.types import RunMode
+
         hc = HydraConfig.get()
         choices = {k: str(v) for k, v in hc.runtime.choices.items() if not k.startswith("hydra")}
-        return task(cfg, list(hc.overrides.task), choices)
+        try:
+            return task(cfg, list(hc.overrides.task), choices)
+        except BaseException as e:
+            if hc.mode == RunMode.MULTIRUN:
+                raise
+            failed.append(e)  # re-raised below, so Hydra does not print its own banner
+            return None
 
     parser = get_args_parser()
     args = parser.parse_args(hydra_args)
     _run_hydra(args=args, args_parser=parser, task_function=task_function,
                config_path=str(package_conf_dir()), config_name="config")
+    if failed:
+        raise failed[0]
 
 
 def _runs() -> Runs:

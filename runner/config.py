@@ -127,3 +127,20 @@ def model_instance(cfg: DictConfig, choice: str, registry: Registry, dirs: list[
     cls = registry.model(str(node.name))
     conf = _validate(cls.Config, node, what=f"model '{cls.name}'", path=path, prefix="model")
     return cls(conf)
+
+
+def store_plugin_configs(registry: Registry, dirs: list[Path]) -> None:
+    """Offer every registered model and backend as a config option built from its schema's
+    defaults (``model=NAME``, ``target=NAME``), so a plugin works without shipping YAML.
+    A file of the same name in a ``conf/`` folder takes precedence."""
+    from hydra.core.config_store import ConfigStore
+
+    cs = ConfigStore.instance()
+    for name, model_cls in registry.models.items():
+        if name in options("model", dirs):
+            continue
+        cs.store(group="model", name=name, node=model_cls.Config, provider="runner-plugins")
+    for name, backend_cls in registry.backends.items():
+        if name in options("target", dirs):
+            continue
+        cs.store(group="target", name=name, node=backend_cls.Config, provider="runner-plugins")

@@ -36,7 +36,8 @@ class Registry:
             return self.backends[name]
         except KeyError:
             raise UserError(
-                f"{where}backend '{name}' is not registered.",
+                f"{where}backend '{name}', which is not registered." if where
+                else f"backend '{name}' is not registered.",
                 f"available: {', '.join(sorted(self.backends))}",
                 "a plugin package may be missing: `runner plugins` lists what is loaded.",
             ) from None

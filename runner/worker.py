@@ -116,6 +116,58 @@ def seed_everything(seed: int) -> None:
         pass
 
 
+def _masked_output(secret_values: list[str]) -> Any:
+    """Route fds 1 and 2 (and so every child's output) through a pipe whose reader masks
+    secrets before they reach the log. Returns the function that restores and drains it."""
+    import select
+    import threading
+
+    from runner.secrets import mask_text
+
+    log_fd = os.dup(1)
+    r, w = os.pipe()
+    os.dup2(w, 1)
+    os.dup2(w, 2)
+    os.close(w)
+
+    def write(data: bytes) -> None:
+        text = mask_text(data.decode("utf-8", "replace"), secret_values)
+        os.write(log_fd, text.encode())
+
+    def pump() -> None:
+        buf = b""
+        while True:
+            ready, _, _ = select.select([r], [], [], 0.3)
+            if not ready:  # quiet for a moment: let a partial line (a prompt, a bar) through
+                if buf:
+                    write(buf)
+                    buf = b""
+                continue
+            chunk = os.read(r, 65536)
+            if not chunk:
+                break
+            buf += chunk
+            cut = max(buf.rfind(b"\n"), buf.rfind(b"\r"))
+            if cut >= 0:
+                write(buf[: cut + 1])
+                buf = buf[cut + 1 :]
+        if buf:
+            write(buf)
+        os.close(r)
+
+    thread = threading.Thread(target=pump, name="runner-log", daemon=True)
+    thread.start()
+
+    def restore() -> None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(log_fd, 1)
+        os.dup2(log_fd, 2)
+        thread.join(timeout=10)
+
+    return restore
+
+
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:
     raise Cancelled()
 
@@ -142,6 +194,7 @@ def run(run_dir: Path) -> int:
         "packages": _packages(),
     }
     write_json_atomic(rd.path / WORKER, info)
+    restore = _masked_output([os.environ.get(v, "") for v in request.get("secret_env") or []])
     rd.write_status(RunStatus(RunState.RUNNING))
     status: RunStatus
     try:
@@ -185,11 +238,10 @@ def run(run_dir: Path) -> int:
         traceback.print_exc()
         status = RunStatus(RunState.FAILED, exit_code=1, message=f"{type(e).__name__}: {e}")
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the final write must not be interrupted
+    restore()
     info["finished"] = time.time()
     write_json_atomic(rd.path / WORKER, info)
     rd.write_status(status)
-    sys.stdout.flush()
-    sys.stderr.flush()
     return status.exit_code or 0
 
 

@@ -1,0 +1,285 @@
+#!/usr/bin/env bash
+# The real infrastructure the test suite talks to, on one Debian 12 machine (root, no GPU,
+# no container registry):
+#
+#   docker   a Docker engine without a bridge network (only `none` and `host` exist, so no
+#            172.17/16 address appears on the machine), with a stand-in NVIDIA hook so that
+#            `docker run --gpus ...` is accepted and each request is logged
+#   image    the runner's base image (Debian bookworm + Python), built from Debian packages
+#            because nothing can be pulled
+#   ssh      two SSH test hosts: one on 127.0.0.1:$RUNNER_TESTBED_SSH_PORT, one alone in a
+#            network namespace (only `lo`), reached through a ProxyCommand
+#   ray      a Ray head bound to 127.0.0.1 (only when the project venv has ray)
+#
+# usage: scripts/testbed.sh up|down|status
+#
+# `up` is idempotent and reuses what is already there: an engine that already answers is used
+# as it is (and left running by `down`). Every daemon this script starts has its PID recorded
+# under $RUNNER_TESTBED_DIR; `down` stops exactly those PIDs. Nothing in ~/.ssh is touched: the
+# SSH client settings go to $RUNNER_TESTBED_DIR/ssh/ssh_config and .../known_hosts.
+# Tests read $RUNNER_TESTBED_DIR/env (shell `export` lines) to find what was started.
+#
+# settings (environment variables):
+#   RUNNER_TESTBED_DIR        state directory                     (/tmp/runner-testbed)
+#   RUNNER_BASE_IMAGE         base image to build                 (runner-base:bookworm)
+#   RUNNER_TESTBED_SSH_PORT   loopback port of the first SSH host (2322)
+#   RUNNER_TESTBED_NETNS      network namespace of the second     (runner-remote1)
+#   RUNNER_TESTBED_VENV       venv whose `ray` starts the head    (the repository's .venv)
+#   RUNNER_TESTBED_RAY_PORT   Ray GCS port; dashboard is +1886    (6381)
+#   RUNNER_TESTBED_SKIP       space-separated parts to skip: apt docker image ssh ray
+set -euo pipefail
+
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+D=${RUNNER_TESTBED_DIR:-/tmp/runner-testbed}
+IMAGE=${RUNNER_BASE_IMAGE:-runner-base:bookworm}
+SSH_PORT=${RUNNER_TESTBED_SSH_PORT:-2322}
+NETNS=${RUNNER_TESTBED_NETNS:-runner-remote1}
+VENV=${RUNNER_TESTBED_VENV:-$REPO/.venv}
+RAY_PORT=${RUNNER_TESTBED_RAY_PORT:-6381}
+RAY_DASH_PORT=$((RAY_PORT + 1886))
+SKIP=" ${RUNNER_TESTBED_SKIP:-} "
+T0=$(date +%s%N)
+
+say() { local ms=$(( ($(date +%s%N) - T0) / 1000000 )); printf '[testbed %3d.%03ds] %s\n' $((ms / 1000)) $((ms % 1000)) "$*"; }
+skip() { [[ "$SKIP" == *" $1 "* ]]; }
+# A PID is alive when /proc has it and it is not a zombie (PID 1 here reaps late).
+pid_alive() { [ -r "/proc/$1/status" ] && ! grep -q '^State:[[:space:]]*Z' "/proc/$1/status"; }
+pidfile_alive() { [ -f "$1" ] && pid_alive "$(cat "$1")"; }
+stop_pidfile() {  # $1 pidfile, $2 seconds between SIGTERM and SIGKILL
+  [ -f "$1" ] || return 0
+  local p; p=$(cat "$1")
+  if pid_alive "$p"; then
+    kill -TERM "$p" 2>/dev/null || true
+    for _ in $(seq 1 $(( $2 * 10 ))); do pid_alive "$p" || break; sleep 0.1; done
+    if pid_alive "$p"; then kill -KILL "$p" 2>/dev/null || true; fi
+  fi
+  rm -f "$1"
+}
+envline() { printf 'export %s=%q\n' "$1" "$2" >>"$D/env.new"; }
+
+# ---------------------------------------------------------------------------------------------
+apt_packages() {
+  local want=(docker.io debootstrap openssh-server socat busybox-static iproute2 util-linux curl ca-certificates)
+  local missing=()
+  for p in "${want[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+  if [ ${#missing[@]} -gt 0 ]; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  fi
+  say "packages ready"
+}
+
+fake_gpu_hook() {
+  # dockerd offers its "nvidia" device driver (what --gpus needs) only when an executable of
+  # this name is on its PATH; runc then runs it as a prestart hook with the OCI state on stdin.
+  mkdir -p "$D/fakegpu/bin"
+  cat >"$D/fakegpu/bin/nvidia-container-runtime-hook" <<EOF
+#!/bin/sh
+# stand-in for the NVIDIA container toolkit: log what the container asked for, inject nothing
+state=\$(cat)
+bundle=\$(printf '%s' "\$state" | sed -n 's/.*"bundle":"\([^"]*\)".*/\1/p')
+id=\$(printf '%s' "\$state" | sed -n 's/.*"id":"\([^"]*\)".*/\1/p')
+vis=\$(grep -o 'NVIDIA_VISIBLE_DEVICES=[^"]*' "\$bundle/config.json" 2>/dev/null)
+echo "\$(date +%s) \$1 \$id \${vis:-NVIDIA_VISIBLE_DEVICES=unset}" >> "$D/fakegpu/hook.log"
+exit 0
+EOF
+  chmod +x "$D/fakegpu/bin/nvidia-container-runtime-hook"
+  touch "$D/fakegpu/hook.log"
+}
+
+# The hook log of an engine that was already running: follow its PATH to the hook and read the
+# log path out of it (works for hooks written like ours; empty otherwise).
+existing_hook_log() {
+  local pid path dir
+  pid=$(cat /var/run/docker.pid 2>/dev/null) || return 0
+  path=$(tr '\0' '\n' <"/proc/$pid/environ" 2>/dev/null | sed -n 's/^PATH=//p') || return 0
+  IFS=: read -ra dirs <<<"$path"
+  for dir in "${dirs[@]}"; do
+    if [ -x "$dir/nvidia-container-runtime-hook" ]; then
+      grep -o '>> *"[^"]*"' "$dir/nvidia-container-runtime-hook" | head -1 | sed 's/^>> *"//; s/"$//'
+      return 0
+    fi
+  done
+}
+
+docker_up() {
+  if docker info >/dev/null 2>&1; then
+    if pidfile_alive "$D/dockerd.pid"; then
+      HOOK_LOG="$D/fakegpu/hook.log"
+      say "dockerd up (started by this testbed, pid $(cat "$D/dockerd.pid"))"
+    else
+      HOOK_LOG=$(existing_hook_log)
+      say "dockerd already running (not started here: left running by 'down')"
+    fi
+  else
+    fake_gpu_hook
+    PATH="$D/fakegpu/bin:$PATH" nohup dockerd --bridge=none --iptables=false --ip6tables=false \
+        --add-runtime nvidia=/usr/sbin/runc -H unix:///var/run/docker.sock \
+        >"$D/dockerd.log" 2>&1 </dev/null &
+    echo $! >"$D/dockerd.pid"
+    for _ in $(seq 1 150); do docker info >/dev/null 2>&1 && break; sleep 0.2; done
+    docker info >/dev/null || { tail -20 "$D/dockerd.log" >&2; exit 1; }
+    HOOK_LOG="$D/fakegpu/hook.log"
+    say "dockerd started (pid $(cat "$D/dockerd.pid"))"
+  fi
+  envline RUNNER_DOCKER_HOST_GPUS "$(docker info --format '{{json .Runtimes}}' | grep -q nvidia && echo fake || echo none)"
+  [ -n "${HOOK_LOG:-}" ] && envline RUNNER_FAKE_GPU_HOOK_LOG "$HOOK_LOG"
+  return 0
+}
+
+base_image() {
+  if ! docker image inspect "$IMAGE" >/dev/null 2>&1; then
+    local root="$D/rootfs"
+    rm -rf "$root"
+    say "building $IMAGE with debootstrap (about a minute)"
+    debootstrap --variant=minbase --include=python3,python3-venv,python3-pip,ca-certificates \
+        bookworm "$root" >"$D/debootstrap.log" 2>&1 || { tail -20 "$D/debootstrap.log" >&2; exit 1; }
+    # pip in a container must trust what this machine trusts (e.g. a proxy's CA)
+    if compgen -G "/usr/local/share/ca-certificates/*.crt" >/dev/null; then
+      cp /usr/local/share/ca-certificates/*.crt "$root/usr/local/share/ca-certificates/"
+      chroot "$root" update-ca-certificates >/dev/null 2>&1
+    fi
+    rm -rf "$root/var/cache/apt/archives/"*.deb "$root/var/lib/apt/lists/"*
+    tar -C "$root" -c . | docker import \
+        -c 'ENV PIP_CERT=/etc/ssl/certs/ca-certificates.crt' \
+        -c 'ENV SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt' \
+        -c 'ENV PIP_DISABLE_PIP_VERSION_CHECK=1' \
+        -c 'ENV LANG=C.UTF-8' \
+        -c 'CMD ["python3"]' - "$IMAGE" >/dev/null
+    rm -rf "$root"
+  fi
+  envline RUNNER_BASE_IMAGE "$IMAGE"
+  say "base image $IMAGE ready ($(docker image inspect --format '{{.Id}}' "$IMAGE" | cut -c1-19))"
+}
+
+ssh_up() {
+  local S="$D/ssh"
+  mkdir -p "$S" /run/sshd; chmod 700 "$S"
+  [ -f "$S/host_ed25519" ] || ssh-keygen -q -t ed25519 -N '' -C runner-testbed-host -f "$S/host_ed25519"
+  [ -f "$S/client_ed25519" ] || ssh-keygen -q -t ed25519 -N '' -C runner-testbed-client -f "$S/client_ed25519"
+  cp "$S/client_ed25519.pub" "$S/authorized_keys"; chmod 600 "$S/authorized_keys"
+  sshd_conf() {  # $1 port, $2 sshd's own pidfile
+    cat <<EOF
+Port $1
+ListenAddress 127.0.0.1
+HostKey $S/host_ed25519
+PidFile $2
+AuthorizedKeysFile $S/authorized_keys
+PermitRootLogin prohibit-password
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UsePAM no
+StrictModes no
+Subsystem sftp internal-sftp
+EOF
+  }
+  sshd_conf "$SSH_PORT" "$S/sshd.own.pid" >"$S/sshd_config"
+  sshd_conf 22 "$S/sshd-netns.own.pid" >"$S/sshd_netns_config"
+  /usr/sbin/sshd -t -f "$S/sshd_config"
+  if ! pidfile_alive "$D/sshd.pid"; then
+    nohup /usr/sbin/sshd -D -e -f "$S/sshd_config" >"$S/sshd.log" 2>&1 </dev/null &
+    echo $! >"$D/sshd.pid"
+  fi
+  # the second host: its own network stack (only lo) and hostname; same filesystem and engine
+  if ! ip netns list | grep -qw "$NETNS"; then
+    ip netns add "$NETNS"
+    ip netns exec "$NETNS" ip link set lo up
+  fi
+  if ! pidfile_alive "$D/sshd-netns.pid"; then
+    nohup ip netns exec "$NETNS" unshare --uts sh -c \
+        "hostname $NETNS; exec /usr/sbin/sshd -D -e -f $S/sshd_netns_config" \
+        >"$S/sshd-netns.log" 2>&1 </dev/null &
+    echo $! >"$D/sshd-netns.pid"
+  fi
+  local key; key=$(cut -d' ' -f1,2 "$S/host_ed25519.pub")
+  printf '[127.0.0.1]:%s %s\n%s %s\n' "$SSH_PORT" "$key" "$NETNS" "$key" >"$S/known_hosts"
+  cat >"$S/ssh_config" <<EOF
+Host runner-remote
+  HostName 127.0.0.1
+  Port $SSH_PORT
+  User root
+  IdentityFile $S/client_ed25519
+  IdentitiesOnly yes
+  UserKnownHostsFile $S/known_hosts
+  StrictHostKeyChecking yes
+  BatchMode yes
+Host $NETNS
+  HostName $NETNS
+  User root
+  IdentityFile $S/client_ed25519
+  IdentitiesOnly yes
+  UserKnownHostsFile $S/known_hosts
+  StrictHostKeyChecking yes
+  BatchMode yes
+  ProxyCommand ip netns exec $NETNS socat STDIO TCP:127.0.0.1:22
+EOF
+  for _ in $(seq 1 50); do ssh -F "$S/ssh_config" runner-remote true 2>/dev/null && break; sleep 0.1; done
+  ssh -F "$S/ssh_config" runner-remote true
+  ssh -F "$S/ssh_config" "$NETNS" true
+  envline RUNNER_TEST_SSH_CONFIG "$S/ssh_config"
+  envline RUNNER_TEST_KNOWN_HOSTS "$S/known_hosts"
+  envline RUNNER_TEST_SSH_KEY "$S/client_ed25519"
+  envline RUNNER_TEST_SSH_HOSTS "runner-remote $NETNS"
+  envline RUNNER_TEST_SSH_PORT "$SSH_PORT"
+  say "ssh hosts up: runner-remote (127.0.0.1:$SSH_PORT), $NETNS (netns, via ProxyCommand)"
+}
+
+ray_up() {
+  if [ ! -x "$VENV/bin/ray" ]; then say "ray: not installed in $VENV, skipped"; return 0; fi
+  local addr="http://127.0.0.1:$RAY_DASH_PORT"
+  if ! pidfile_alive "$D/ray.pid"; then
+    # RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 keeps Ray on 127.0.0.1 instead of the external address
+    RAY_USAGE_STATS_ENABLED=0 RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 PATH="$VENV/bin:$PATH" \
+      nohup "$VENV/bin/ray" start --head --block --node-ip-address=127.0.0.1 --port="$RAY_PORT" \
+        --dashboard-host=127.0.0.1 --dashboard-port="$RAY_DASH_PORT" --num-cpus=2 \
+        --object-store-memory=500000000 --temp-dir="$D/ray" --disable-usage-stats \
+        >"$D/ray.log" 2>&1 </dev/null &
+    echo $! >"$D/ray.pid"
+    for _ in $(seq 1 300); do curl -sf "$addr/api/version" >/dev/null 2>&1 && break; sleep 0.1; done
+    curl -sf "$addr/api/version" >/dev/null || { tail -20 "$D/ray.log" >&2; exit 1; }
+  fi
+  envline RUNNER_TEST_RAY_ADDRESS "$addr"
+  say "ray head up ($addr)"
+}
+
+up() {
+  mkdir -p "$D"
+  : >"$D/env.new"
+  envline RUNNER_TESTBED_DIR "$D"
+  skip apt || apt_packages
+  skip docker || docker_up
+  skip docker || skip image || base_image
+  skip ssh || ssh_up
+  skip ray || ray_up
+  mv "$D/env.new" "$D/env"
+  say "ready: . $D/env"
+}
+
+down() {
+  stop_pidfile "$D/ray.pid" 40   # `ray start --block` stops its own processes on SIGTERM
+  stop_pidfile "$D/sshd-netns.pid" 5
+  stop_pidfile "$D/sshd.pid" 5
+  if ip netns list 2>/dev/null | grep -qw "$NETNS"; then ip netns del "$NETNS"; fi
+  if [ -f "$D/dockerd.pid" ]; then
+    stop_pidfile "$D/dockerd.pid" 20
+    say "dockerd stopped"
+  fi
+  rm -f "$D/env"
+  say "down (packages and images stay)"
+}
+
+status() {
+  for f in dockerd sshd sshd-netns ray; do
+    if pidfile_alive "$D/$f.pid"; then echo "$f: running (pid $(cat "$D/$f.pid"))"
+    else echo "$f: not started here"; fi
+  done
+  docker info >/dev/null 2>&1 && echo "docker: answers" || echo "docker: no engine"
+}
+
+case "${1:-}" in
+  up) up ;;
+  down) down ;;
+  status) status ;;
+  *) echo "usage: $0 up|down|status" >&2; exit 2 ;;
+esac
