@@ -18,6 +18,7 @@ from runner.model import Model
 BUILTIN_PLUGINS = (
     "runner.plugins.local",
     "runner.models.script",
+    "runner.models.sentiment_cnn",
 )
 ENTRY_POINT_GROUP = "runner.plugins"
 

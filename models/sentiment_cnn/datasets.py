@@ -235,7 +235,7 @@ def _imdb_from_file(path: Path, num_words: int) -> tuple[Labelled, Labelled]:
     return out[0], out[1]
 
 
-def _imdb_from_keras(num_words: int) -> tuple[Labelled, Labelled]:
+def _imdb_from_keras(num_words: int | None) -> tuple[Labelled, Labelled]:
     # keras.datasets.imdb downloads into the Keras cache when the file is not there yet
     from keras.datasets import imdb
 
@@ -271,13 +271,16 @@ def _imdb_word_index(spec: DataSpec) -> dict[str, int] | None:
         return None
 
 
-def load_imdb(spec: DataSpec, num_words: int, maxlen: int, padding: str, truncating: str) -> Source:
+def load_imdb(spec: DataSpec, num_words: int | None, maxlen: int, padding: str,
+              truncating: str) -> Source:
     if spec.path:
-        train, test = _imdb_from_file(Path(spec.path).expanduser(), num_words)
+        train, test = _imdb_from_file(Path(spec.path).expanduser(), num_words or 2**31)
         where = str(spec.path)
     else:
         train, test = _imdb_from_keras(num_words)
         where = "Keras cache"
+    if num_words is None:  # every word: the largest id sets the embedding's size
+        num_words = 1 + max(max(s, default=0) for part in (train, test) for s in part.ids or [])
     index = _imdb_word_index(spec)
     vocab = Vocabulary.from_imdb_index(index, num_words=num_words, maxlen=maxlen, padding=padding,
                                        truncating=truncating)
@@ -306,7 +309,7 @@ class Fold:
         return {"train": len(self.y_train), "val": len(self.y_val), "test": len(self.y_test)}
 
 
-def _vocab_and_ids(source: Source, train: Labelled, num_words: int, maxlen: int, padding: str,
+def _vocab_and_ids(source: Source, train: Labelled, num_words: int | None, maxlen: int, padding: str,
                    truncating: str) -> tuple[Vocabulary, list[list[int]]]:
     if source.vocabulary is not None:
         assert train.ids is not None
@@ -325,7 +328,7 @@ def _encode(vocab: Vocabulary, part: Labelled) -> np.ndarray:
 
 
 def _make_fold(number: int, source: Source, train: Labelled, test: Labelled, spec: DataSpec,
-               rng: np.random.RandomState, num_words: int, maxlen: int, padding: str,
+               rng: np.random.RandomState, num_words: int | None, maxlen: int, padding: str,
                truncating: str) -> Fold:
     val = test
     if spec.val_split > 0:
@@ -338,7 +341,7 @@ def _make_fold(number: int, source: Source, train: Labelled, test: Labelled, spe
                 y_test=test.labels, test_texts=test.texts)
 
 
-def folds(source: Source, spec: DataSpec, seed: int, *, num_words: int, maxlen: int,
+def folds(source: Source, spec: DataSpec, seed: int, *, num_words: int | None, maxlen: int,
           padding: str = "pre", truncating: str = "pre") -> Iterator[Fold]:
     """The trainings to run: one (train/test) or ``cv_folds`` (K-fold cross-validation over
     train and test together). Vocabularies are built on each training part only."""
