@@ -362,7 +362,8 @@ def _key_metrics(summary: dict[str, float], n: int = 3) -> str:
 def _console() -> Any:
     from rich.console import Console
 
-    return Console(highlight=False, soft_wrap=False)
+    # piped output (a file, grep, a test) is not cut to 80 columns
+    return Console(highlight=False, soft_wrap=False, width=None if sys.stdout.isatty() else 240)
 
 
 _STATE_STYLE = {"SUCCEEDED": "green", "FAILED": "red", "LOST": "magenta", "CANCELLED": "yellow",
