@@ -1,0 +1,150 @@
+"""The plugin contract: hook order, misspelt hooks, registration clashes, documented hooks."""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+from typing import Any
+
+import pluggy
+import pytest
+from omegaconf import OmegaConf
+
+from runner import hookimpl, hookspecs
+from runner.backend import Backend, RunState
+from runner.errors import UserError
+from runner.launch import Runs
+from runner.registry import collect, make_plugin_manager
+
+HOOKS = sorted(n for n in dir(hookspecs) if n.startswith("runner_"))
+
+
+class Recorder:
+    """A test plugin that records every lifecycle hook it sees, in order."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, Any]] = []
+
+    @hookimpl
+    def runner_before_prepare(self, spec: Any) -> None:
+        self.calls.append(("runner_before_prepare", spec.run_id))
+
+    @hookimpl
+    def runner_after_submit(self, spec: Any, handle: Any) -> None:
+        self.calls.append(("runner_after_submit", handle.locator))
+
+    @hookimpl
+    def runner_run_finished(self, run_id: str, status: Any, summary: Any) -> None:
+        self.calls.append(("runner_run_finished", (status.state, dict(summary))))
+
+
+def _submit(project: Path, recorder: Recorder, script: str) -> str:
+    (project / "job.py").write_text(script)
+    pm = make_plugin_manager(extra=(recorder,))
+    runs = Runs(project, pm=pm)
+    cfg = OmegaConf.create({
+        "target": {"backend": "local"}, "env": {"name": "current"},
+        "model": {"name": "script", "path": "job.py"}, "data": {}, "seed": 1,
+    })
+    import os
+
+    cwd = os.getcwd()
+    os.chdir(project)
+    try:
+        plan = runs.plan(cfg, [], {"target": "local", "env": "current", "model": "script"})
+    finally:
+        os.chdir(cwd)
+    rec, spec = runs.record(plan)
+    handle = runs.launch(plan, spec)
+    runs.finish(rec.id, handle.wait(30))
+    runs.finish(rec.id, handle.status())  # a second observer must not fire the hook again
+    return rec.id
+
+
+def test_lifecycle_hooks_fire_once_each_in_order(project: Path) -> None:
+    rec = Recorder()
+    run_id = _submit(project, rec, "import runner\nrunner.log_metric('acc', 0.5)\n")
+    assert [c[0] for c in rec.calls] == ["runner_before_prepare", "runner_after_submit", "runner_run_finished"]
+    assert rec.calls[0][1] == run_id
+    assert "pgid" in rec.calls[1][1]
+    assert rec.calls[2][1] == (RunState.SUCCEEDED, {"acc": 0.5})
+
+
+def test_a_failing_before_prepare_hook_aborts_the_run_before_it_starts(project: Path) -> None:
+    class Veto:
+        @hookimpl
+        def runner_before_prepare(self, spec: Any) -> None:
+            raise UserError("quota exceeded for this project")
+
+    runs = Runs(project, pm=make_plugin_manager(extra=(Veto(),)))
+    (project / "job.py").write_text("print(1)\n")
+    cfg = OmegaConf.create({"target": {"backend": "local"}, "env": {}, "data": {}, "seed": 0,
+                            "model": {"name": "script", "path": str(project / "job.py")}})
+    plan = runs.plan(cfg, [], {"target": "local"})
+    r, spec = runs.record(plan)
+    with pytest.raises(UserError):
+        runs.launch(plan, spec)
+    after = runs.store.get(r.id)
+    assert after.state == RunState.FAILED and "quota exceeded" in after.message
+
+
+def test_a_misspelt_hook_is_rejected_loudly() -> None:
+    class Typo:
+        @hookimpl
+        def runner_register_backend(self, register: Any) -> None:  # missing "s"
+            pass
+
+    with pytest.raises(pluggy.PluginValidationError, match="runner_register_backend"):
+        make_plugin_manager(extra=(Typo(),))
+
+
+def test_registering_a_name_twice_names_both_plugins() -> None:
+    from runner.plugins.local import LocalBackend
+
+    class Clash:
+        @hookimpl
+        def runner_register_backends(self, register: Any) -> None:
+            register(LocalBackend)
+
+    pm = make_plugin_manager(extra=(Clash(),))
+    with pytest.raises(UserError, match="registered twice: by runner.plugins.local and by"):
+        collect(pm)
+
+
+def test_an_unknown_backend_lists_the_registered_ones() -> None:
+    reg = collect(make_plugin_manager())
+    with pytest.raises(UserError) as e:
+        reg.backend("remote-docker")
+    text = e.value.render()
+    assert "backend 'remote-docker' is not registered" in text
+    assert "local" in text and "a plugin package may be missing" in text
+
+
+def test_a_backend_missing_a_method_cannot_be_instantiated() -> None:
+    class Half(Backend):
+        name = "half"
+
+        def prepare(self, spec: Any) -> Any:
+            return None
+
+    with pytest.raises(TypeError, match="abstract"):
+        Half(Backend.Config())  # type: ignore[abstract]
+
+
+@pytest.mark.parametrize("name", HOOKS)
+def test_every_hook_is_documented(name: str) -> None:
+    doc = inspect.getdoc(getattr(hookspecs, name)) or ""
+    params = list(inspect.signature(getattr(hookspecs, name)).parameters)
+    assert len(doc) > 80
+    for p in params:
+        assert f":param {p}:" in doc
+    assert ":return:" in doc
+
+
+def test_every_hook_is_exercised_by_these_tests(project: Path) -> None:
+    rec = Recorder()
+    _submit(project, rec, "print(1)\n")
+    seen = {c[0] for c in rec.calls} | {"runner_register_backends", "runner_register_models"}
+    assert seen == set(HOOKS)
+    reg = collect(make_plugin_manager())
+    assert "local" in reg.backends and "script" in reg.models

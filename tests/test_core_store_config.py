@@ -1,0 +1,84 @@
+"""The ledger under concurrent writers, and every packaged config composing and validating."""
+
+from __future__ import annotations
+
+import multiprocessing
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from runner import config as conf
+from runner.backend import RunState
+from runner.errors import UserError
+from runner.registry import collect, make_plugin_manager
+from runner.store import Store
+
+
+def _writer(home: str, n: int) -> None:
+    store = Store(Path(home))
+    for i in range(n):
+        rec = store.create_run(target="local", backend="local", model="script")
+        store.update(rec.id, state=RunState.RUNNING)
+        store.update(rec.id, state=RunState.SUCCEEDED, summary={"i": i})
+
+
+def test_many_processes_write_the_ledger_at_once(tmp_path: Path) -> None:
+    home = tmp_path / ".runner"
+    Store(home)
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_writer, args=(str(home), 25)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+        assert p.exitcode == 0
+    runs = Store(home).list()
+    assert len(runs) == 100 and len({r.id for r in runs}) == 100
+    assert all(r.state == RunState.SUCCEEDED for r in runs)
+
+
+def test_a_terminal_state_is_never_overwritten(tmp_path: Path) -> None:
+    store = Store(tmp_path / ".runner")
+    rec = store.create_run(target="t", backend="local", model="m")
+    store.update(rec.id, state=RunState.CANCELLED)
+    store.update(rec.id, state=RunState.RUNNING)  # a late observer
+    assert store.get(rec.id).state == RunState.CANCELLED
+
+
+def test_runs_are_found_by_prefix_suffix_or_last_and_ambiguity_is_explained(tmp_path: Path) -> None:
+    store = Store(tmp_path / ".runner")
+    a = store.create_run(target="t", backend="local", model="m")
+    b = store.create_run(target="t", backend="local", model="m")
+    assert store.resolve("last").id == b.id
+    assert store.resolve(a.id[-4:]).id == a.id
+    common = a.id[:6]
+    with pytest.raises(UserError, match="ambiguous"):
+        store.resolve(common)
+
+
+def _options() -> list[tuple[str, str]]:
+    dirs = [conf.package_conf_dir()]
+    return [(g, o) for g in conf.GROUPS for o in conf.options(g, dirs)]
+
+
+@pytest.mark.parametrize(("group", "option"), _options())
+def test_every_packaged_config_composes_and_validates(group: str, option: str) -> None:
+    reg = collect(make_plugin_manager())
+    dirs = [conf.package_conf_dir()]
+    with initialize_config_dir(config_dir=str(conf.package_conf_dir()), version_base="1.3"):
+        cfg = compose("config", overrides=[f"{group}={option}"])
+    choices = {"target": "local", "env": "current", "model": "sentiment_cnn", "data": "imdb", group: option}
+    conf.target_config(cfg, choices["target"], reg, dirs)
+    conf.env_spec(cfg, choices["env"], dirs, Path.cwd())
+    conf.model_instance(cfg, choices["model"], reg, dirs)
+    assert OmegaConf.to_yaml(cfg)
+
+
+def test_a_bad_value_names_its_full_key() -> None:
+    reg = collect(make_plugin_manager())
+    cfg = OmegaConf.create({"target": {"backend": "local", "slots": "many"}})
+    with pytest.raises(UserError) as e:
+        conf.target_config(cfg, "local", reg, [conf.package_conf_dir()])
+    assert "target.slots" in e.value.render() and "many" in e.value.render()
