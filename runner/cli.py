@@ -74,7 +74,18 @@ def _parser() -> argparse.ArgumentParser:
     cm = add("compare", "the config keys that differ between runs, side by side with metrics")
     cm.add_argument("run", nargs="*", help="two or more runs")
     cm.add_argument("--sweep", help="compare the jobs of a sweep (only the swept keys)")
+    sw = add("sweep", "a sweep's jobs, states and metrics; --resume runs its failed jobs again")
+    sw.add_argument("sweep", help="the sweep id (printed by `runner submit -m`; see `runner runs`)")
+    sw.add_argument("--resume", action="store_true",
+                    help="run again the jobs that failed, were cancelled or were lost")
+    sw.add_argument("--fail-fast", action="store_true", help="stop at the first failed job")
+    sw.add_argument("--max-parallel", type=int, default=0,
+                    help="jobs at once (default: as many as the target's slots allow)")
     add("plugins", "what is loaded: plugins, their distributions, what each registered")
+    pd = add("predict", "score inputs with the model a finished run trained")
+    pd.add_argument("run", help="run id, prefix, suffix or 'last'")
+    pd.add_argument("inputs", nargs="*", help="inputs to score (e.g. review texts)")
+    pd.add_argument("--file", "-f", help="a file with one input per line ('-' = stdin)")
     return p
 
 
@@ -189,10 +200,12 @@ def _yaml_where(e: BaseException) -> str:
 # -- composing with Hydra ----------------------------------------------------------------------
 
 def _compose_and_run(
-    overrides: list[str], task: Callable[[DictConfig, list[str], dict[str, str]], Any], runs: Runs
+    overrides: list[str], task: Callable[[DictConfig, list[str], dict[str, str]], Any], runs: Runs,
+    sweep: Any = None,
 ) -> None:
     """Run Hydra on ``overrides`` (with its flags: --cfg, --info, -m ...) and call ``task``
-    for each composed job with (cfg, task overrides, group choices)."""
+    for each composed job with (cfg, task overrides, group choices). With ``sweep`` (a
+    :class:`runner.sweep.Sweep`), the ``runner`` launcher runs -m jobs through it instead."""
     from hydra._internal.utils import _run_hydra, get_args_parser
     from hydra.core.hydra_config import HydraConfig
 
@@ -210,7 +223,6 @@ def _compose_and_run(
         hydra_args = ["--config-dir", str(user_conf), *hydra_args]
     os.environ["HYDRA_FULL_ERROR"] = "1"  # errors come to us, to be reported our way
     os.environ.setdefault("RUNNER_HYDRA_SWEEP_DIR", str(runs.store.home / "hydra"))
-    os.environ.setdefault("RUNNER_HYDRA_LAUNCHER", "runner")
 
     failed: list[BaseException] = []
 
@@ -227,6 +239,10 @@ def _compose_and_run(
             failed.append(e)  # re-raised below, so Hydra does not print its own banner
             return None
 
+    if sweep is not None:
+        from hydra_plugins.runner_launcher.runner_launcher import attach
+
+        attach(task_function, sweep)
     parser = get_args_parser()
     args = parser.parse_args(hydra_args)
     _run_hydra(args=args, args_parser=parser, task_function=task_function,
@@ -248,9 +264,18 @@ def _err(text: str) -> None:
 # -- submit / prepare ---------------------------------------------------------------------------
 
 def cmd_submit(args: argparse.Namespace) -> int:
+    from runner.sweep import JobFailed, Sweep, SweepCancelled
+
     runs = _runs()
     runs.reconcile()
     outcome: dict[str, int] = {"code": 0}
+    if args.detach and any(a in ("-m", "--multirun") for a in args.overrides):
+        from runner.errors import UserError
+
+        raise UserError("--detach does not apply to sweeps (-m): the launcher starts queued jobs "
+                        "as slots free up, so it runs until the sweep ends.",
+                        "run it in the background (nohup, tmux); `runner sweep SWEEP` shows it.")
+    sweep = Sweep(runs, fail_fast=args.fail_fast, skip_done=args.skip_done, argv=args.overrides)
 
     def task(cfg: DictConfig, overrides: list[str], choices: dict[str, str]) -> Any:
         from hydra.core.hydra_config import HydraConfig
@@ -272,8 +297,29 @@ def cmd_submit(args: argparse.Namespace) -> int:
         outcome["code"] = max(outcome["code"], code)
         return rec.id
 
-    _compose_and_run(args.overrides, task, runs)
-    return outcome["code"]
+    try:
+        _compose_and_run(args.overrides, task, runs, sweep=sweep)
+    except JobFailed:
+        pass  # the sweeper stopped on a failed job; the table below says which
+    except SweepCancelled:
+        sweep.cancelled = True
+    except KeyboardInterrupt:
+        if not sweep.jobs:
+            raise
+        sweep.abort()
+    except ValueError as e:  # an optimizing sweeper got no number back from the jobs
+        if not sweep.jobs or "float-castable" not in str(e):
+            raise
+        from runner.errors import UserError
+
+        sweep.print_table()
+        raise UserError(f"the sweeper needs a number from each job: {e}",
+                        "name the metric it optimizes: hydra.launcher.objective=val_accuracy "
+                        "(any metric the jobs log).") from None
+    if not sweep.jobs:
+        return outcome["code"]
+    sweep.print_table()
+    return sweep.exit_code()
 
 
 def _stream(runs: Runs, run_id: str, handle: RunHandle, prefix: str = "") -> RunStatus:
@@ -512,6 +558,10 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     for ref in args.run:
         targets = runs.store.list(sweep_id=ref) if ref.startswith("s") and runs.store.sweep(ref) \
             else [runs.store.resolve(ref)]
+        if targets and targets[0].sweep_id == ref:
+            from runner.sweep import mark_cancelled
+
+            mark_cancelled(runs, ref)  # a launcher still driving it starts nothing more
         for rec in targets:
             rec = runs.refresh(rec)
             if rec.state.terminal:
@@ -550,11 +600,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     runs = _runs()
     runs.reconcile()
+    swept: list[str] | None = None
     if args.sweep:
-        sweep = runs.store.sweep(args.sweep)
-        if sweep is None:
-            raise UserError(f"no sweep '{args.sweep}' in the ledger.")
-        records = list(reversed(runs.store.list(sweep_id=args.sweep)))
+        from runner.sweep import sweep_jobs, swept_keys
+
+        jobs = [j for j in sweep_jobs(runs, args.sweep) if j.run is not None]  # newest run per job
+        records = [j.run for j in jobs if j.run is not None]
+        swept = swept_keys([j.overrides for j in jobs])
     else:
         if len(args.run) < 2:
             raise UserError("compare needs two or more runs (or --sweep SWEEP).",
@@ -568,6 +620,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
             flat.append({})
     keys = sorted({k for f in flat for k in f})
     differ = [k for k in keys if len({repr(f.get(k, "<unset>")) for f in flat}) > 1]
+    if swept is not None:  # a sweep: only what the sweep varied (a group choice: its keys)
+        differ = [k for k in differ if any(k == s or k.startswith(s + ".") for s in swept)]
     t = Table(box=None, pad_edge=False)
     t.add_column("")
     for r in records:
@@ -582,6 +636,17 @@ def cmd_compare(args: argparse.Namespace) -> int:
         t.add_row(f"[bold]{m}[/]", *[_fmt(r.summary[m]) if m in r.summary else "-" for r in records])
     _console().print(t)
     return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from runner import sweep
+
+    runs = _runs()
+    runs.reconcile()
+    if args.resume:
+        return sweep.resume(runs, args.sweep, fail_fast=args.fail_fast,
+                            max_parallel=args.max_parallel or None)
+    return sweep.show(runs, args.sweep)
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
@@ -606,6 +671,39 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_predict(args: argparse.Namespace) -> int:
+    from runner.errors import UserError
+    from runner.rundir import RunDir
+
+    inputs = list(args.inputs)
+    if args.file:
+        try:
+            text = sys.stdin.read() if args.file == "-" else open(args.file).read()
+        except OSError as e:
+            raise UserError(f"--file: cannot read '{args.file}': {e.strerror}.") from None
+        inputs += [ln for ln in text.splitlines() if ln.strip()]
+    if not inputs:
+        raise UserError("predict needs inputs: runner predict RUN \"text\" ... or --file FILE.")
+    runs = _runs()
+    rec = runs.refresh(runs.store.resolve(args.run))
+    rd = RunDir(rec.run_dir)
+    if not rd.outputs.is_dir() or not any(rd.outputs.iterdir()):
+        raise UserError(
+            f"run {rec.id} ({rec.state.value}) has no outputs here to predict with.",
+            "predict uses the model a run saved; pick a run that SUCCEEDED (`runner runs`).",
+        )
+    model_cls = runs.registry.model(rec.model)
+    scores = model_cls.predict(rd.outputs, inputs)
+    for score, text in zip(scores, inputs, strict=True):
+        shown = text if len(text) <= 70 else text[:67] + "..."
+        if isinstance(score, float):
+            label = "positive" if score >= 0.5 else "negative"
+            print(f"{score:.4f}  {label:8}  {shown}")
+        else:
+            print(f"{score}  {shown}")
+    return 0
+
+
 _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "submit": cmd_submit,
     "prepare": cmd_prepare,
@@ -614,7 +712,9 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "logs": cmd_logs,
     "cancel": cmd_cancel,
     "compare": cmd_compare,
+    "sweep": cmd_sweep,
     "plugins": cmd_plugins,
+    "predict": cmd_predict,
 }
 
 if __name__ == "__main__":
