@@ -1,0 +1,424 @@
+"""The local_docker backend against a real Docker engine (scripts/testbed.sh up starts one):
+the contract suite, OOM, reconcile, the env image cache, --gpus, the GPU preflight, the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from runner.backend import EnvSpec, RunHandle, RunState
+from runner.errors import UserError
+from runner.plugins import _docker as dk
+from runner.plugins import local_docker
+from runner.plugins.local_docker import DockerHandle, LocalDockerBackend, LocalDockerConfig
+from runner.rundir import RunDir
+from runner.testing import BackendContract, make_run
+
+from .conftest import run_cli
+
+
+def _testbed_env() -> dict[str, str]:
+    """What scripts/testbed.sh recorded (its `env` file), overridden by the real environment."""
+    path = Path(os.environ.get("RUNNER_TESTBED_DIR", "/tmp/runner-testbed")) / "env"
+    out: dict[str, str] = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            parts = shlex.split(line)
+            if len(parts) == 2 and parts[0] == "export" and "=" in parts[1]:
+                k, v = parts[1].split("=", 1)
+                out[k] = v
+    return out | {k: v for k, v in os.environ.items() if k.startswith("RUNNER_")}
+
+
+TESTBED = _testbed_env()
+BASE = TESTBED.get("RUNNER_BASE_IMAGE", "runner-base:bookworm")
+
+
+def _engine_problem() -> str | None:
+    try:
+        r = subprocess.run(["docker", "version", "--format", "{{.Server.Version}}"],
+                           capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.SubprocessError) as e:
+        return f"no docker CLI ({e}); scripts/testbed.sh up installs and starts the engine"
+    if r.returncode != 0:
+        return "no Docker engine answers; start one with scripts/testbed.sh up"
+    r = subprocess.run(["docker", "image", "inspect", BASE], capture_output=True, timeout=20)
+    if r.returncode != 0:
+        return f"base image {BASE} missing; scripts/testbed.sh up builds it"
+    return None
+
+
+_PROBLEM = _engine_problem()
+pytestmark = [pytest.mark.docker, pytest.mark.skipif(_PROBLEM is not None, reason=_PROBLEM or "")]
+
+ENV = EnvSpec(name="docker_python", base_image=BASE)
+
+
+def docker(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["docker", *args], capture_output=True, text=True, timeout=120)
+
+
+def containers_of(run_id: str) -> list[str]:
+    return docker("ps", "-aq", "--filter", f"label={dk.L_RUN_ID}={run_id}").stdout.split()
+
+
+def wait_for(path: Path, text: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and text in path.read_text():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{text!r} never appeared in {path}")
+
+
+@pytest.fixture
+def backend() -> LocalDockerBackend:
+    return LocalDockerBackend(LocalDockerConfig(cancel_grace=5, base_image=BASE))
+
+
+class TestLocalDockerContract(BackendContract):
+    timeout = 90.0
+
+    @pytest.fixture
+    def backend(self) -> LocalDockerBackend:
+        return LocalDockerBackend(LocalDockerConfig(cancel_grace=5, base_image=BASE))
+
+    @pytest.fixture
+    def env(self) -> EnvSpec:
+        return ENV
+
+    def assert_nothing_left(self, handle: RunHandle) -> None:
+        assert isinstance(handle, DockerHandle)
+        assert containers_of(handle.run_id) == []
+
+
+# -- runs ---------------------------------------------------------------------------------------
+def test_run_container_carries_labels_limits_and_the_run_dir(tmp_path: Path) -> None:
+    b = LocalDockerBackend(LocalDockerConfig(base_image=BASE, cpus=1.5, memory="256m",
+                                             shm_size="128m", network="none"))
+    spec = make_run(tmp_path, b, "import time, os\nprint('cwd', os.getcwd(), flush=True)\ntime.sleep(30)",
+                    env=ENV)
+    handle = b.submit(spec, b.prepare(spec))
+    try:
+        wait_for(spec.run_dir / "log.txt", "cwd")
+        info = json.loads(docker("inspect", containers_of(spec.run_id)[0]).stdout)[0]
+        labels = info["Config"]["Labels"]
+        assert labels[dk.L_RUN_ID] == spec.run_id and labels[dk.L_KIND] == "run"
+        assert labels[dk.L_TARGET] == "contract"
+        host = info["HostConfig"]
+        assert host["NanoCpus"] == 1_500_000_000
+        assert host["Memory"] == 256 * 2**20 and host["ShmSize"] == 128 * 2**20
+        assert host["NetworkMode"] == "none" and host["Init"] is True
+        assert "cwd /runner/run/code" in (spec.run_dir / "log.txt").read_text()
+        assert (spec.run_dir / "worker.json").stat().st_uid == os.getuid()
+    finally:
+        handle.cancel()
+    assert containers_of(spec.run_id) == []
+
+
+def test_an_oom_killed_run_says_so(tmp_path: Path) -> None:
+    b = LocalDockerBackend(LocalDockerConfig(base_image=BASE, memory="64m"))
+    spec = make_run(tmp_path, b, "print('allocating', flush=True)\nx = b'1' * (400 << 20)\nprint(len(x))",
+                    env=ENV)
+    st = b.submit(spec, b.prepare(spec)).wait(90)
+    assert st.state == RunState.FAILED and st.oom, st
+    assert "out of memory" in st.message and "64 MiB" in st.message
+    assert st.exit_code not in (None, 0)
+    assert RunDir(spec.run_dir).status().oom  # type: ignore[union-attr]
+    assert containers_of(spec.run_id) == []
+
+
+_CLIENT = """
+import json, sys, time
+from pathlib import Path
+from runner.backend import EnvSpec
+from runner.plugins.local_docker import LocalDockerBackend, LocalDockerConfig
+from runner.testing import make_run
+b = LocalDockerBackend(LocalDockerConfig(base_image=sys.argv[2]))
+spec = make_run(Path(sys.argv[1]), b, "import time\\nprint('up', flush=True)\\ntime.sleep(4)\\nprint('done')",
+                env=EnvSpec(name="docker_python", base_image=sys.argv[2]))
+handle = b.submit(spec, b.prepare(spec))
+print(json.dumps({"run_id": spec.run_id, "run_dir": str(spec.run_dir), "locator": handle.locator}),
+      flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_killed_client_does_not_leave_the_run_unknown(tmp_path: Path, backend: LocalDockerBackend) -> None:
+    client = subprocess.Popen([sys.executable, "-c", _CLIENT, str(tmp_path), BASE],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert client.stdout is not None
+        started = json.loads(client.stdout.readline())
+    finally:
+        client.send_signal(signal.SIGKILL)
+        client.wait()
+    handle = backend.reattach(started["run_id"], Path(started["run_dir"]), started["locator"])
+    wait_for(Path(started["run_dir"]) / "log.txt", "up")
+    assert handle.status().state == RunState.RUNNING  # the run outlives its client
+    st = handle.wait(60)
+    assert st.state == RunState.SUCCEEDED, st
+    assert "done" in "".join(t for _, t in handle.logs(0))
+    assert containers_of(started["run_id"]) == []
+
+
+def test_a_container_removed_behind_our_back_is_lost(tmp_path: Path, backend: LocalDockerBackend) -> None:
+    spec = make_run(tmp_path, backend, "import time\nprint('up', flush=True)\ntime.sleep(60)", env=ENV)
+    handle = backend.submit(spec, backend.prepare(spec))
+    wait_for(spec.run_dir / "log.txt", "up")
+    docker("rm", "-f", *containers_of(spec.run_id))
+    again = backend.reattach(spec.run_id, spec.run_dir, handle.locator)
+    st = again.status()
+    assert st.state == RunState.LOST and "vanished" in st.message
+    assert RunDir(spec.run_dir).status().state == RunState.LOST  # type: ignore[union-attr]
+    assert handle.cancel().state == RunState.LOST  # cancel of an ended run changes nothing
+
+
+def test_every_cli_call_reconciles_the_ledger(project: Path) -> None:
+    (project / "job.py").write_text("import time\nprint('up', flush=True)\ntime.sleep(120)\n")
+    r = run_cli("submit", "--detach", "target=local_docker", "env=docker_python", "model=script",
+                "model.path=job.py", f"env.base_image={BASE}", cwd=project)
+    assert r.returncode == 0, r.stderr
+    run_id = r.stderr.split("run ", 1)[1].split(":", 1)[0]
+    from runner.store import Store
+
+    store = Store.for_project(project)
+    assert store.get(run_id).state == RunState.RUNNING
+    time.sleep(1)
+    docker("rm", "-f", *containers_of(run_id))  # what a reboot or a `docker rm` does
+    r = run_cli("runs", cwd=project)
+    assert r.returncode == 0, r.stderr
+    rec = store.get(run_id)
+    assert rec.state == RunState.LOST and "vanished" in rec.message
+
+
+def test_orphans_are_listed_and_cleaned(tmp_path: Path, backend: LocalDockerBackend) -> None:
+    spec = make_run(tmp_path, backend, "import time; time.sleep(60)", env=ENV)
+    handle = backend.submit(spec, backend.prepare(spec))
+    try:
+        assert spec.run_id not in [o.run_id for o in local_docker.orphans([spec.run_id])]
+        found = [o for o in local_docker.orphans([], project=tmp_path) if o.run_id == spec.run_id]
+        assert len(found) == 1 and found[0].state == "running" and found[0].kind == "run"
+        assert found[0].run_dir == str(spec.run_dir.resolve())
+        assert local_docker.orphans([], project=tmp_path / "other-project") == []
+        assert local_docker.clean(found) == [f"runner-{spec.run_id}"]
+        assert containers_of(spec.run_id) == []
+        assert handle.status().state == RunState.LOST
+    finally:
+        handle.cancel()
+
+
+def test_a_failed_start_leaves_no_created_container(
+    tmp_path: Path, backend: LocalDockerBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec = make_run(tmp_path, backend, "print(1)", env=ENV)
+    prepared = backend.prepare(spec)
+    monkeypatch.setattr(dk, "user_arg", lambda: "no-such-user-here")  # fails at start, not create
+    with pytest.raises(UserError, match="docker could not start the run's container"):
+        backend.submit(spec, prepared)
+    assert containers_of(spec.run_id) == []
+
+
+def test_bad_network_mode_is_a_clear_error() -> None:
+    with pytest.raises(UserError, match=r"target.network: 'bridge'.*\n?.*") as e:
+        LocalDockerBackend(LocalDockerConfig(network="bridge"))
+    assert "default, host, none" in e.value.render()
+
+
+# -- env images ---------------------------------------------------------------------------------
+@pytest.fixture
+def scratch_images() -> Iterator[list[str]]:
+    made: list[str] = []
+    yield made
+    if made:
+        docker("image", "rm", "-f", *made)
+
+
+def _derive(tag: str, marker: str) -> None:
+    r = subprocess.run(["docker", "build", "-q", "-t", tag, "-"], input=f"FROM {BASE}\nLABEL t={marker}\n",
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+
+
+def test_env_image_cache_hit_is_fast_and_a_miss_says_what_changed(
+    tmp_path: Path, backend: LocalDockerBackend, scratch_images: list[str]
+) -> None:
+    base = f"runner-test-base:{tmp_path.name.lower()[-20:]}"
+    _derive(base, "one")
+    reqs = tmp_path / "reqs.txt"
+    reqs.write_text("pip  # satisfied by the venv itself: no download\n")
+    env = EnvSpec(name="cachetest", base_image=base, requirements=("-r reqs.txt",), root=tmp_path)
+    spec = make_run(tmp_path, backend, "print(1)", env=env)
+    first = backend.prepare(spec)
+    scratch_images.append(str(first.details["image"]))
+    assert not first.cached
+    t0 = time.perf_counter()
+    hit = backend.prepare(spec)
+    assert time.perf_counter() - t0 < 1.0
+    assert hit.cached and hit.reason == "cached" and hit.env_key == first.env_key
+    labels = json.loads(docker("image", "inspect", str(hit.details["image"])).stdout)[0]["Config"]["Labels"]
+    assert json.loads(labels[dk.L_ENV_INPUTS])["requirements"] == ["pip"]
+
+    reqs.write_text("pip\nsetuptools\n")  # a referenced file's content is part of the key
+    changed = backend.prepare(spec)
+    scratch_images.append(str(changed.details["image"]))
+    assert not changed.cached and "requirements changed (+setuptools)" in changed.reason
+
+    _derive(base, "two")  # the same tag now names another image: rebuild
+    retagged = backend.prepare(spec)
+    scratch_images.append(str(retagged.details["image"]))
+    assert not retagged.cached and "base_image changed" in retagged.reason
+    assert "requirements" not in retagged.reason
+    scratch_images.append(base)
+
+
+def test_a_missing_base_image_is_one_clear_error(tmp_path: Path, backend: LocalDockerBackend) -> None:
+    env = EnvSpec(name="nobase", base_image="no-such-base:never")
+    spec = make_run(tmp_path, backend, "print(1)", env=env)
+    with pytest.raises(UserError) as e:
+        backend.prepare(spec)
+    text = e.value.render()
+    assert "'no-such-base:never' is not in the Docker engine" in text
+    assert "does not pull" in text
+
+
+# -- GPUs ---------------------------------------------------------------------------------------
+def test_gpus_reach_the_engine_and_the_run_records_what_it_saw(tmp_path: Path) -> None:
+    if TESTBED.get("RUNNER_DOCKER_HOST_GPUS") != "fake":
+        pytest.skip("the engine has no (stand-in) NVIDIA runtime: scripts/testbed.sh up adds one")
+    b = LocalDockerBackend(LocalDockerConfig(base_image=BASE, gpu_preflight=False))
+    spec = make_run(tmp_path, b, "import os\nprint('nv', os.environ.get('NVIDIA_VISIBLE_DEVICES'), "
+                                 "'cuda', os.environ.get('CUDA_VISIBLE_DEVICES'))", env=ENV)
+    spec = type(spec)(**{**spec.__dict__, "gpus": "1,0"})
+    hook_log = Path(TESTBED["RUNNER_FAKE_GPU_HOOK_LOG"]) if TESTBED.get("RUNNER_FAKE_GPU_HOOK_LOG") else None
+    before = hook_log.read_text() if hook_log and hook_log.exists() else ""
+    st = b.submit(spec, b.prepare(spec)).wait(60)
+    assert st.state == RunState.SUCCEEDED, st
+    assert "nv 1,0 cuda 0,1" in (spec.run_dir / "log.txt").read_text()
+    assert RunDir(spec.run_dir).worker_info()["gpus"] == []  # what it saw: nothing, no real GPU
+    if hook_log is not None:
+        new = hook_log.read_text()[len(before):]
+        assert "NVIDIA_VISIBLE_DEVICES=1,0" in new, new
+
+
+def test_gpu_preflight_names_the_missing_layer(tmp_path: Path, backend: LocalDockerBackend) -> None:
+    if TESTBED.get("RUNNER_DOCKER_HOST_GPUS") != "fake":
+        pytest.skip("the engine has no (stand-in) NVIDIA runtime: scripts/testbed.sh up adds one")
+    env = EnvSpec(name="docker_python", base_image=BASE, gpus="all")
+    spec = make_run(tmp_path, backend, "print(1)", env=env)
+    with pytest.raises(UserError) as e:
+        backend.prepare(spec)
+    text = e.value.render()
+    assert "GPU preflight failed" in text and "missing layer: host driver" in text
+    assert "ok      container toolkit" in text
+    assert "was not started" in text
+
+
+def test_a_cpu_only_run_needs_no_preflight(tmp_path: Path, backend: LocalDockerBackend) -> None:
+    spec = make_run(tmp_path, backend, "print(1)", env=ENV)
+    assert "gpu_preflight" not in backend.prepare(spec).details
+
+
+# -- the CLI ------------------------------------------------------------------------------------
+def test_cli_submit_runs_a_script_in_a_container(project: Path) -> None:
+    (project / "train.py").write_text(textwrap.dedent("""
+        import platform, sys
+        import runner
+        print("in", platform.node(), "args", sys.argv[1:])
+        runner.log_metric("acc", 0.75)
+        (runner.outputs_dir() / "model.txt").write_text("weights")
+    """))
+    (project / "big.bin").write_bytes(b"0" * 100)
+    (project / ".runnerignore").write_text("big.bin\n")
+    r = run_cli("submit", "target=local_docker", "env=docker_python", "model=script",
+                "model.path=train.py", "model.args=[--lr,0.1]", f"env.base_image={BASE}",
+                cwd=project, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "args ['--lr', '0.1']" in r.stdout
+    assert "SUCCEEDED" in r.stderr and "acc=0.75" in r.stderr
+    run_id = r.stderr.split("run ", 1)[1].split(":", 1)[0]
+    from runner.store import Store
+
+    rec = Store.for_project(project).get(run_id)
+    rd = RunDir(rec.run_dir)
+    assert (rd.outputs / "model.txt").read_text() == "weights"
+    assert not (rd.code / "big.bin").exists()  # the snapshot honours .runnerignore
+    assert containers_of(run_id) == []
+    r = run_cli("prepare", "target=local_docker", "env=docker_python", "model=script",
+                "model.path=train.py", f"env.base_image={BASE}", cwd=project)
+    assert r.returncode == 0 and "cached" in r.stderr, r.stderr
+
+
+# -- TensorFlow in a container (slow: builds a tensorflow-cpu image once) ------------------------
+@pytest.fixture(scope="module")
+def tf_cpu_backend() -> tuple[LocalDockerBackend, EnvSpec]:
+    import yaml
+
+    conf = yaml.safe_load((Path(__file__).parent.parent / "conf" / "env" / "tf_cpu.yaml").read_text())
+    env = EnvSpec(name=conf["name"], base_image=BASE, requirements=tuple(conf["requirements"]))
+    return LocalDockerBackend(LocalDockerConfig(base_image=BASE)), env
+
+
+@pytest.mark.slow
+def test_gpu_preflight_on_a_cpu_only_tensorflow_image(
+    tmp_path: Path, tf_cpu_backend: tuple[LocalDockerBackend, EnvSpec]
+) -> None:
+    if TESTBED.get("RUNNER_DOCKER_HOST_GPUS") != "fake":
+        pytest.skip("the engine has no (stand-in) NVIDIA runtime: scripts/testbed.sh up adds one")
+    backend, env = tf_cpu_backend
+    spec = make_run(tmp_path, backend, "print(1)", env=EnvSpec(**{**env.__dict__, "gpus": "0"}))
+    with pytest.raises(UserError) as e:
+        backend.prepare(spec)
+    text = e.value.render()
+    assert "missing layer: host driver" in text
+    assert "MISSING framework: tensorflow" in text and "CPU-only build" in text
+
+
+@pytest.mark.slow
+def test_sentiment_cnn_trains_one_epoch_in_a_container(
+    tmp_path: Path, tf_cpu_backend: tuple[LocalDockerBackend, EnvSpec]
+) -> None:
+    from runner.registry import collect, make_plugin_manager
+
+    if "sentiment_cnn" not in collect(make_plugin_manager(entry_points=False)).models:
+        pytest.skip("the sentiment_cnn model plugin is not registered")
+    backend, env = tf_cpu_backend
+    data = tmp_path / "reviews"
+    data.mkdir()
+    good = ["a wonderful moving film", "great acting and a clever story", "i loved every minute"]
+    bad = ["a dull boring mess", "terrible script and wooden acting", "i hated every minute"]
+    (data / "reviews.pos").write_text("\n".join(good * 20) + "\n")
+    (data / "reviews.neg").write_text("\n".join(bad * 20) + "\n")
+    spec = make_run(tmp_path, backend, "print(1)", env=env)
+    rd = RunDir(spec.run_dir)
+    request = rd.request()
+    request.update({
+        "model": "sentiment_cnn",
+        "model_config": {"name": "sentiment_cnn", "epochs": 1, "maxlen": 20, "num_words": 200,
+                         "filters": 8, "hidden_dims": 8, "embedding_dim": 8, "batch_size": 16,
+                         "verbose": 2},
+        "data": {"name": "text_files", "path": "/runner/run/code/reviews", "format": "pos_neg",
+                 "test_split": 0.2, "val_split": 0.0},
+    })
+    import shutil
+
+    shutil.copytree(data, rd.code / "reviews")
+    rd.write_request(request)
+    spec = type(spec)(**{**spec.__dict__, "model": "sentiment_cnn"})
+    prepared = backend.prepare(spec)
+    st = backend.submit(spec, prepared).wait(600)
+    log = rd.log.read_text()
+    assert st.state == RunState.SUCCEEDED, log[-3000:]
+    names = {m["name"] for m in rd.read_metrics()}
+    assert any("acc" in n for n in names), names
+    assert rd.worker_info()["packages"].get("tensorflow-cpu") or rd.worker_info()["packages"].get("tensorflow")
