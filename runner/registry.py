@@ -17,6 +17,7 @@ from runner.model import Model
 #: Plugins that ship with the runner. Each is an ordinary plugin module.
 BUILTIN_PLUGINS = (
     "runner.plugins.local",
+    "runner.plugins.local_docker",
     "runner.models.script",
     "runner.models.sentiment_cnn",
 )
