@@ -16,13 +16,15 @@ from __future__ import annotations
 import enum
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
 __all__ = [
     "Backend",
+    "Check",
+    "Command",
     "BackendConfig",
     "EnvSpec",
     "Prepared",
@@ -208,6 +210,26 @@ class RunHandle(ABC):
         """
 
 
+@dataclass(frozen=True)
+class Check:
+    """One line of ``runner doctor TARGET``."""
+
+    name: str  #: what was checked ("ssh", "docker permission", "gpu")
+    ok: bool  #: whether it passed
+    detail: str = ""  #: what was seen
+    fix: str = ""  #: what to do when it failed
+
+
+@dataclass(frozen=True)
+class Command:
+    """A ``runner`` subcommand contributed by a plugin (``runner_register_commands``)."""
+
+    name: str  #: ``runner NAME``
+    help: str  #: one line for ``runner --help``
+    add_arguments: Callable[[Any], None]  #: gets the subcommand's argparse parser
+    run: Callable[[Any], int]  #: gets the parsed arguments; returns the exit code
+
+
 class Backend(ABC):
     """A kind of compute target. Subclasses are registered with ``runner_register_backends``."""
 
@@ -226,6 +248,11 @@ class Backend(ABC):
     @abstractmethod
     def submit(self, spec: RunSpec, prepared: Prepared) -> RunHandle:
         """Start the worker on the run directory, detached, and return at once."""
+
+    def doctor(self) -> list[Check]:
+        """Check that the target can run work (``runner doctor TARGET``): connectivity,
+        permissions, disk, GPUs. Each failed :class:`Check` says how to fix it."""
+        return []
 
     @abstractmethod
     def reattach(self, run_id: str, run_dir: Path, locator: Mapping[str, Any]) -> RunHandle:

@@ -12,6 +12,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -82,11 +83,29 @@ def _parser() -> argparse.ArgumentParser:
     sw.add_argument("--max-parallel", type=int, default=0,
                     help="jobs at once (default: as many as the target's slots allow)")
     add("plugins", "what is loaded: plugins, their distributions, what each registered")
+    dr = add("doctor", "check that a target can run work, with a fix for each failure")
+    dr.add_argument("target", help="a target name (conf/target/NAME.yaml)")
     pd = add("predict", "score inputs with the model a finished run trained")
     pd.add_argument("run", help="run id, prefix, suffix or 'last'")
     pd.add_argument("inputs", nargs="*", help="inputs to score (e.g. review texts)")
     pd.add_argument("--file", "-f", help="a file with one input per line ('-' = stdin)")
     return p
+
+
+def _plugin_commands(p: argparse.ArgumentParser) -> dict[str, Any]:
+    """Add the subcommands plugins register (``runner_register_commands``)."""
+    from runner.registry import collect, make_plugin_manager
+
+    sub = next(a for a in p._actions if isinstance(a, argparse._SubParsersAction))
+    commands = collect(make_plugin_manager()).commands
+    for name, cmd in commands.items():
+        if name in sub.choices:
+            from runner.errors import UserError
+
+            raise UserError(f"a plugin's command '{name}' clashes with the built-in command.")
+        cp = sub.add_parser(name, help=cmd.help, description=cmd.help)
+        cmd.add_arguments(cp)
+    return dict(commands)
 
 
 _HYDRA_COMMANDS = ("submit", "prepare")
@@ -100,6 +119,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         args_list = [a for a in args_list if a != "--debug"]
         os.environ["RUNNER_DEBUG"] = "1"
     parser = _parser()
+    try:
+        plugin_commands = _plugin_commands(parser)
+    except Exception as e:  # a broken plugin must not take `runner --help` down with it
+        return _report(e, debug)
     if args_list and args_list[0] in _HYDRA_COMMANDS:
         # Everything that is not one of our flags goes to Hydra untouched (overrides, --cfg,
         # -m, --info ...), wherever it stands on the line.
@@ -116,8 +139,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.command:
         parser.print_help()
         return EXIT_USAGE
+    handler = _COMMANDS.get(args.command) or plugin_commands[args.command].run
     try:
-        return int(_COMMANDS[args.command](args) or 0)
+        return int(handler(args) or 0)
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return EXIT_CANCELLED
@@ -239,9 +263,10 @@ def _compose_and_run(
             failed.append(e)  # re-raised below, so Hydra does not print its own banner
             return None
 
-    if sweep is not None:
-        from hydra_plugins.runner_launcher.runner_launcher import attach
+    from hydra_plugins.runner_launcher.runner_launcher import attach, ensure_registered
 
+    ensure_registered()
+    if sweep is not None:
         attach(task_function, sweep)
     parser = get_args_parser()
     args = parser.parse_args(hydra_args)
@@ -663,12 +688,40 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     for plugin in pm.get_plugins():
         name = pm.get_name(plugin) or repr(plugin)
         registered = [f"backend {n}" for (k, n), p in reg.origin.items() if p == name and k == "backend"]
-        registered += [f"model {n}" for (k, n), p in reg.origin.items() if p == name and k == "model"]
+        registered += [f"{k} {n}" for (k, n), p in reg.origin.items() if p == name and k != "backend"]
         hooks = sorted(h.name for h in pm.get_hookcallers(plugin) or [])
         origin = dists.get(name) or "runner (built-in)"
         t.add_row(name, origin, ", ".join(registered) or "-", ", ".join(hooks))
     _console().print(t)
     return 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from runner import config as conf
+    from runner.errors import UserError
+
+    runs = _runs()
+    path = conf.config_file("target", args.target, runs.dirs)
+    if not Path(path).is_file():
+        raise UserError(f"unknown target '{args.target}'.",
+                        f"available target options: {', '.join(conf.options('target', runs.dirs))}")
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.create({"target": OmegaConf.load(path)})
+    cls, target_conf = conf.target_config(cfg, args.target, runs.registry, runs.dirs)
+    checks = cls(target_conf).doctor()
+    if not checks:
+        _err(f"target {args.target} (backend {cls.name}) has no checks to run.")
+        return 0
+    t = Table(box=None, pad_edge=False)
+    for col in ("check", "", "detail", "fix"):
+        t.add_column(col, overflow="fold")
+    for c in checks:
+        t.add_row(c.name, "[green]ok[/]" if c.ok else "[red]FAIL[/]", c.detail, "" if c.ok else c.fix)
+    _console().print(t)
+    return 0 if all(c.ok for c in checks) else EXIT_RUN_FAILED
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -715,6 +768,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "sweep": cmd_sweep,
     "plugins": cmd_plugins,
     "predict": cmd_predict,
+    "doctor": cmd_doctor,
 }
 
 if __name__ == "__main__":

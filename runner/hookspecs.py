@@ -9,7 +9,8 @@ running.
 
 The order in which a run meets these hooks::
 
-    runner_register_backends, runner_register_models   (once, when the manager is built)
+    runner_register_backends, runner_register_models,
+    runner_register_commands                          (once, when the manager is built)
     runner_before_prepare(spec)
     runner_after_submit(spec, handle)
     runner_run_finished(run_id, status, summary)
@@ -23,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 if TYPE_CHECKING:
-    from runner.backend import Backend, RunHandle, RunSpec, RunStatus
+    from runner.backend import Backend, Command, RunHandle, RunSpec, RunStatus
     from runner.model import Model
 
 hookspec = pluggy.HookspecMarker("runner")
@@ -46,6 +47,16 @@ def runner_register_models(register: Callable[[type[Model]], None]) -> None:
 
     :param register: call it once per :class:`runner.model.Model` subclass. The class's
         ``name`` is what ``model=NAME`` selects.
+    :return: nothing; the return value is ignored.
+    """
+
+
+@hookspec
+def runner_register_commands(register: Callable[[Command], None]) -> None:
+    """Register extra ``runner`` subcommands (e.g. ``runner attach`` from a remote backend).
+
+    :param register: call it once per :class:`runner.backend.Command`. A name that clashes
+        with a built-in command or another plugin's is an error naming both.
     :return: nothing; the return value is ignored.
     """
 

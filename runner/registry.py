@@ -10,7 +10,7 @@ from typing import Any
 import pluggy
 
 from runner import hookspecs
-from runner.backend import Backend
+from runner.backend import Backend, Command
 from runner.errors import UserError
 from runner.model import Model
 
@@ -30,6 +30,7 @@ class Registry:
 
     backends: dict[str, type[Backend]] = field(default_factory=dict)
     models: dict[str, type[Model]] = field(default_factory=dict)
+    commands: dict[str, Command] = field(default_factory=dict)
     origin: dict[tuple[str, str], str] = field(default_factory=dict)  # (kind, name) -> plugin
 
     def backend(self, name: str, *, where: str = "") -> type[Backend]:
@@ -100,7 +101,22 @@ def collect(pm: pluggy.PluginManager) -> Registry:
         impl.function(register=_registrar("backend", reg.backends, Backend, impl.plugin_name))
     for impl in pm.hook.runner_register_models.get_hookimpls():
         impl.function(register=_registrar("model", reg.models, Model, impl.plugin_name))
+    for impl in pm.hook.runner_register_commands.get_hookimpls():
+        impl.function(register=_command_registrar(reg, impl.plugin_name))
     return reg
+
+
+def _command_registrar(reg: Registry, plugin: str) -> Callable[[Command], None]:
+    def register(cmd: Command) -> None:
+        if not isinstance(cmd, Command):
+            raise TypeError(f"plugin {plugin} registered {cmd!r}, not a runner.backend.Command")
+        if cmd.name in reg.commands:
+            raise UserError(f"command '{cmd.name}' is registered twice: by "
+                            f"{reg.origin[('command', cmd.name)]} and by {plugin}.")
+        reg.commands[cmd.name] = cmd
+        reg.origin[("command", cmd.name)] = plugin
+
+    return register
 
 
 def plugin_distributions(pm: pluggy.PluginManager) -> dict[str, str]:

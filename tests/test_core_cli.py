@@ -299,6 +299,8 @@ def test_a_pip_installed_plugin_is_listed_and_its_backend_runs_a_job(
     listed = cli("plugins", env=env)
     assert "runner-example-plugin 0.3.0" in listed.stdout
     assert "backend nice_local" in listed.stdout and "model countdown" in listed.stdout
+    assert "liftoff" in cli("--help", env=env).stdout  # a plugin's own subcommand
+    assert cli("liftoff", "--from", "2", env=env).stdout == "2 1 0 liftoff\n"
     # neither needs YAML: their config schemas are offered as options
     res = cli("submit", "target=nice_local", "target.niceness=5", "model=countdown", "model.start=2",
               env=env)

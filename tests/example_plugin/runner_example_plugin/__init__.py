@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from runner import hookimpl
-from runner.backend import Prepared, RunHandle, RunSpec
+from runner.backend import Command, Prepared, RunHandle, RunSpec
 from runner.model import Model, RunContext
 from runner.plugins.local import LocalBackend, LocalConfig
 
@@ -71,3 +71,17 @@ def runner_register_backends(register: Any) -> None:
 @hookimpl
 def runner_register_models(register: Any) -> None:
     register(Countdown)
+
+
+def _add_liftoff_arguments(parser: Any) -> None:
+    parser.add_argument("--from", dest="start", type=int, default=3, help="count down from")
+
+
+def _liftoff(args: Any) -> int:
+    print(" ".join(str(n) for n in range(args.start, -1, -1)), "liftoff")
+    return 0
+
+
+@hookimpl
+def runner_register_commands(register: Any) -> None:
+    register(Command("liftoff", "count down, then lift off", _add_liftoff_arguments, _liftoff))
