@@ -3,9 +3,8 @@ so nothing heavy here)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from runner.errors import UserError
 from runner.model import Model, RunContext
@@ -100,12 +99,3 @@ class SentimentCNN(Model):
         from runner.models.sentiment_cnn import training
 
         return training.predict(Path(outputs_dir), list(inputs))
-
-    @classmethod
-    def config_keys(cls) -> list[str]:
-        """The keys ``conf/model/sentiment_cnn*.yaml`` may set."""
-        return [f.name for f in fields(SentimentCNNConfig)]
-
-
-def as_dict(config: SentimentCNNConfig) -> dict[str, Any]:
-    return {f.name: getattr(config, f.name) for f in fields(config)}

@@ -1,0 +1,210 @@
+"""The sentiment CNN's data side: loaders for each format, splits, vocabulary, truncation,
+and the checks on the data config. No training here (see test_sentiment_train.py)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+np = pytest.importorskip("numpy")
+
+from runner.model import ModelError  # noqa: E402
+from runner.models.sentiment_cnn import datasets  # noqa: E402
+from runner.models.sentiment_cnn.vocab import Vocabulary, fit_length, tokenize  # noqa: E402
+from tests.sentiment_reviews import reviews, write_pos_neg  # noqa: E402
+
+
+def spec(**values: object) -> datasets.DataSpec:
+    return datasets.parse_spec({"name": "text_files", **values})
+
+
+def test_tokenize_drops_tags_and_punctuation() -> None:
+    assert tokenize("A <br />GREAT film, isn't it? 10/10") == ["a", "great", "film", "isn't", "it",
+                                                                  "10", "10"]
+
+
+@pytest.mark.parametrize(("truncating", "padding", "expected"), [
+    ("pre", "pre", [[0, 0, 1, 2], [3, 4, 5, 6]]),  # long: keeps the last tokens
+    ("post", "post", [[1, 2, 0, 0], [1, 2, 3, 4]]),  # long: keeps the first tokens
+])
+def test_fit_length_pads_and_truncates(truncating: str, padding: str, expected: list[list[int]]) -> None:
+    out = fit_length([[1, 2], [1, 2, 3, 4, 5, 6]], 4, padding, truncating)
+    assert out.tolist() == expected
+    assert out.dtype == np.int32
+
+
+def test_vocabulary_round_trip_encodes_identically(tmp_path: Path) -> None:
+    texts = [t for t, _ in reviews(50)]
+    vocab = Vocabulary.build(texts, num_words=40, maxlen=12)
+    assert vocab.num_words == 40 and max(vocab.words.values()) == 39
+    long = " ".join(f"w{i}" for i in range(30)) + " superb"
+    vocab.save(tmp_path)
+    again = Vocabulary.load(tmp_path)
+    assert again.encode([long, "dreadful"]).tolist() == vocab.encode([long, "dreadful"]).tolist()
+    # truncating "pre" keeps the end of a long review, where "superb" is
+    assert vocab.encode([long])[0, -1] == vocab.words["superb"]
+
+
+def test_vocabulary_is_built_on_the_training_split_only(tmp_path: Path) -> None:
+    write_pos_neg(tmp_path, n=80)
+    with (tmp_path / "reviews.pos").open("a") as f:  # words seen in one review each
+        f.write("".join(f"superb rare{i}\n" for i in range(20)))
+    s = spec(path=str(tmp_path), test_split=0.2, val_split=0.0)
+    src = datasets.load_text_files(s)
+    fold = next(datasets.folds(src, s, seed=1, num_words=None, maxlen=10))
+    assert fold.sizes == {"train": 80, "val": 20, "test": 20}
+    assert fold.test_texts is not None
+    train_texts = list(src.train.texts or [])
+    for t in fold.test_texts:
+        train_texts.remove(t)
+    train_words = {w for t in train_texts for w in tokenize(t)}
+    test_words = {w for t in fold.test_texts for w in tokenize(t)}
+    assert test_words - train_words, "the generated data should have test-only words"
+    assert set(fold.vocabulary.words) == train_words
+
+
+def test_splits_depend_only_on_the_seed(tmp_path: Path) -> None:
+    write_pos_neg(tmp_path, n=60)
+    s = spec(path=str(tmp_path))
+
+    def test_texts(seed: int) -> list[str]:
+        return next(datasets.folds(datasets.load_text_files(s), s, seed, num_words=100,
+                                   maxlen=10)).test_texts or []
+
+    assert test_texts(3) == test_texts(3)
+    assert test_texts(3) != test_texts(4)
+
+
+def test_pos_neg_folder_and_single_file(tmp_path: Path) -> None:
+    write_pos_neg(tmp_path, n=40)
+    src = datasets.load_text_files(spec(path=str(tmp_path)))
+    assert len(src.train) == 40 and src.test is None
+    assert sorted(src.train.labels.tolist()) == [0] * 20 + [1] * 20
+    one = datasets.load_text_files(spec(path=str(tmp_path / "reviews.neg")))
+    assert len(one.train) == 40  # the .pos twin is found
+
+
+def test_latin1_lines_are_read(tmp_path: Path) -> None:
+    (tmp_path / "a.pos").write_bytes("un film charmant , très réussi\nsuperb\n".encode("latin-1"))
+    (tmp_path / "a.neg").write_bytes(b"dreadful\n")
+    src = datasets.load_text_files(spec(path=str(tmp_path)))
+    assert src.train.texts is not None and "très" in src.train.texts[1]
+
+
+def test_aclimdb_tree_keeps_its_test_split(tmp_path: Path) -> None:
+    for part, n in (("train", 3), ("test", 2)):
+        for label in ("pos", "neg"):
+            d = tmp_path / part / label
+            d.mkdir(parents=True)
+            for i in range(n):
+                (d / f"{i}_7.txt").write_text(f"{label} review {i}<br />more")
+    src = datasets.load_text_files(spec(path=str(tmp_path)))
+    assert len(src.train) == 6 and src.test is not None and len(src.test) == 4
+    s = spec(path=str(tmp_path), val_split=0.0)
+    fold = next(datasets.folds(src, s, 0, num_words=100, maxlen=5))
+    assert fold.sizes == {"train": 6, "val": 4, "test": 4}  # validation = the given test split
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".tsv"])
+def test_csv_and_tsv(tmp_path: Path, suffix: str) -> None:
+    sep = "," if suffix == ".csv" else "\t"
+    rows = [f"review{sep}sentiment", f'"great, really"{sep}positive', f"bad{sep}neg", f"ok{sep}1"]
+    (tmp_path / f"r{suffix}").write_text("\n".join(rows) + "\n")
+    src = datasets.load_text_files(spec(path=str(tmp_path), text_column="review",
+                                        label_column="sentiment"))
+    assert src.train.texts == ["great, really", "bad", "ok"]
+    assert src.train.labels.tolist() == [1, 0, 1]
+
+
+def test_csv_errors_name_the_column_and_the_line(tmp_path: Path) -> None:
+    (tmp_path / "r.csv").write_text("text,label\nfine,maybe\n")
+    with pytest.raises(ModelError, match=r"line 2: label 'maybe'"):
+        datasets.load_text_files(spec(path=str(tmp_path)))
+    with pytest.raises(ModelError, match=r"no column 'review' \(data.text_column\); columns: text, label"):
+        datasets.load_text_files(spec(path=str(tmp_path), text_column="review"))
+
+
+def test_cross_validation_folds_cover_every_review_once(tmp_path: Path) -> None:
+    write_pos_neg(tmp_path, n=50)
+    s = spec(path=str(tmp_path), cv_folds=5, val_split=0.0)
+    src = datasets.load_text_files(s)
+    tested = [t for f in datasets.folds(src, s, 0, num_words=None, maxlen=8) for t in f.test_texts or []]
+    assert sorted(tested) == sorted(src.train.texts or [])
+
+
+@pytest.mark.parametrize(("data", "message"), [
+    ({"name": "csv"}, r"data.name='csv' is not a data source .* valid: imdb, text_files"),
+    ({"name": "text_files", "path": "/x", "colums": 1}, r"data.colums is not a key of data=text_files"),
+    ({"name": "imdb", "format": "csv"}, r"data.format is not a key of data=imdb"),
+    ({"name": "text_files", "path": None}, r"data=text_files needs data.path"),
+    ({"name": "text_files", "path": "/no/such/dir"}, r"data.path='/no/such/dir': no such file"),
+    ({"name": "imdb", "cv_folds": 1}, r"data.cv_folds=1: must be 0 \(off\) or an integer >= 2"),
+    ({"name": "imdb", "val_split": 1.5}, r"data.val_split=1.5: must be a fraction"),
+])
+def test_bad_data_config_is_one_clear_error(data: dict[str, object], message: str) -> None:
+    with pytest.raises(ModelError, match=message):
+        datasets.parse_spec(data)
+
+
+def write_imdb(folder: Path, n_train: int = 300, n_test: int = 100, seed: int = 0) -> Path:
+    """An IMDB-format imdb.npz (word ranks from 1, ragged object arrays) and its word index,
+    made from generated reviews: rank = frequency order of the generated words."""
+    folder.mkdir(parents=True, exist_ok=True)
+    pairs = reviews(n_train + n_test, seed)
+    counts: dict[str, int] = {}
+    for t, _ in pairs:
+        for w in tokenize(t):
+            counts[w] = counts.get(w, 0) + 1
+    rank = {w: i + 1 for i, w in enumerate(sorted(counts, key=lambda w: (-counts[w], w)))}
+
+    def ragged(part: list[tuple[str, int]]) -> np.ndarray:
+        out = np.empty(len(part), dtype=object)
+        for i, (t, _) in enumerate(part):
+            out[i] = [rank[w] for w in tokenize(t)]
+        return out
+
+    train, test = pairs[:n_train], pairs[n_train:]
+    np.savez(folder / "imdb.npz", x_train=ragged(train), y_train=np.array([y for _, y in train]),
+             x_test=ragged(test), y_test=np.array([y for _, y in test]))
+    (folder / "imdb_word_index.json").write_text(json.dumps(rank))
+    return folder / "imdb.npz"
+
+
+def test_imdb_file_uses_keras_conventions(tmp_path: Path) -> None:
+    pytest.importorskip("keras")
+    path = write_imdb(tmp_path, n_train=40, n_test=10)
+    s = datasets.parse_spec({"name": "imdb", "path": str(path)})
+    src = datasets.load_imdb(s, num_words=20, maxlen=30, padding="pre", truncating="pre")
+    assert len(src.train) == 40 and src.test is not None and len(src.test) == 10
+    assert src.train.ids is not None
+    assert all(ids[0] == 1 for ids in src.train.ids)  # 1 starts every review
+    assert max(max(ids) for ids in src.train.ids) == 19  # ids >= num_words became 2
+    assert 2 in {i for ids in src.train.ids for i in ids}
+    vocab = src.vocabulary
+    assert vocab is not None and vocab.source == "imdb"
+    # the word index gives raw text the ids the npz used: text -> ids agrees with the file
+    index = json.loads((tmp_path / "imdb_word_index.json").read_text())
+    word = min(index, key=index.get)  # the most frequent word: rank 1 -> id 4
+    assert vocab.ids(word) == [1, 4]
+
+
+def test_imdb_without_local_data_or_download_says_how_to_point_at_data(tmp_path: Path) -> None:
+    """The real keras.datasets.imdb path: an empty Keras cache and no way out to the network."""
+    pytest.importorskip("keras")
+    env = {"KERAS_HOME": str(tmp_path / "keras"), "HTTPS_PROXY": "http://127.0.0.1:9",
+           "https_proxy": "http://127.0.0.1:9", "PATH": "/usr/bin:/bin",
+           "HTTP_PROXY": "http://127.0.0.1:9", "http_proxy": "http://127.0.0.1:9"}
+    code = ("from runner.models.sentiment_cnn import datasets as d\n"
+            "from runner.model import ModelError\n"
+            "try:\n d.load_imdb(d.parse_spec({'name': 'imdb'}), 5000, 400, 'pre', 'pre')\n"
+            "except ModelError as e:\n print('ERROR', e)\n")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         timeout=120)
+    line = [ln for ln in out.stdout.splitlines() if ln.startswith("ERROR")]
+    assert line, out.stdout + out.stderr
+    assert "imdb.npz is not in the Keras cache" in line[0]
+    assert "data.path=/path/to/imdb.npz" in line[0] and "data=text_files" in line[0]
