@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.sentiment_reviews import write_pos_neg
+from tests.test_sentiment_data import write_pos_neg
 
 pytest.importorskip("keras")
 pytestmark = [pytest.mark.tf]
