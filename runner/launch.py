@@ -136,7 +136,7 @@ class Runs:
                 "host": socket.gethostname(), "user": getpass.getuser(),
                 "python": platform.python_version(), "runner": __version__,
                 "argv": [redact_override(a) for a in sys.argv[1:]],
-                "cwd": os.getcwd(), "time": time.time(),
+                "cwd": os.getcwd(), "time": time.time(), "pid": os.getpid(),
             },
             "sweep_id": sweep_id,
             "model_description": plan.model.describe(),
@@ -191,8 +191,8 @@ class Runs:
             return record
         handle = self.handle(record)
         if handle is None:
-            # recorded but never submitted: the client that made it is gone
-            if time.time() - record.updated > 60:
+            # recorded, not yet submitted: fine while the client that prepares it lives
+            if not _client_alive(RunDir(record.run_dir).meta().get("client") or {}):
                 st = RunStatus(RunState.LOST, message="the client ended before the run was submitted")
                 RunDir(record.run_dir).write_status(st)
                 self.finish(record.id, st)
@@ -223,9 +223,9 @@ class Runs:
         if rec.state.terminal:
             return
         summary = RunDir(rec.run_dir).summary()
-        self.store.update(run_id, state=status.state, exit_code=status.exit_code, oom=int(status.oom),
-                          message=status.message, summary=summary, finished=time.time())
-        if self.store.get(run_id).state == status.state:
+        if self.store.update(run_id, only_if_active=True, state=status.state,
+                             exit_code=status.exit_code, oom=int(status.oom),
+                             message=status.message, summary=summary, finished=time.time()):
             self.pm.hook.runner_run_finished(run_id=run_id, status=status, summary=summary)
 
     def follow(self, handle: RunHandle, offset: int = 0, *, poll: float = 0.2
@@ -239,6 +239,21 @@ class Runs:
             if ended:
                 return
             time.sleep(poll)
+
+
+def _client_alive(client: dict[str, Any]) -> bool:
+    """Whether the client process that recorded a run still runs (same host only)."""
+    pid = client.get("pid")
+    if client.get("host") != socket.gethostname():  # a ledger shared across hosts: trust an hour
+        return time.time() - float(client.get("time") or 0) < 3600
+    if not pid:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
 
 
 def redact_override(text: str) -> str:

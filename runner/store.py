@@ -154,10 +154,12 @@ class Store:
         (self.runs_dir / run_id).mkdir(parents=True, exist_ok=True)
         return self.get(run_id)
 
-    def update(self, run_id: str, **fields: Any) -> None:
-        """Set columns of one run. A terminal state is never overwritten by another state."""
+    def update(self, run_id: str, *, only_if_active: bool = False, **fields: Any) -> bool:
+        """Set columns of one run; return whether the row changed. A terminal state is never
+        overwritten by another state; ``only_if_active`` changes nothing once the run ended
+        (so exactly one of several concurrent observers records the end)."""
         if not fields:
-            return
+            return False
         for k in ("locator", "summary"):
             if k in fields and not isinstance(fields[k], str):
                 fields[k] = json.dumps(fields[k])
@@ -170,8 +172,11 @@ class Store:
             terminal = ",".join(f"'{s.value}'" for s in RunState if s.terminal)
             guard = f" AND (state NOT IN ({terminal}) OR state = ?)"
         params = list(fields.values()) + [run_id] + ([fields["state"]] if guard else [])
+        if only_if_active:
+            terminal = ",".join(f"'{s.value}'" for s in RunState if s.terminal)
+            guard += f" AND state NOT IN ({terminal})"
         with self._connect() as db:
-            db.execute(f"UPDATE runs SET {cols} WHERE id=?{guard}", params)
+            return db.execute(f"UPDATE runs SET {cols} WHERE id=?{guard}", params).rowcount > 0
 
     def create_sweep(self, target: str, info: Mapping[str, Any]) -> str:
         sweep_id = "s" + new_run_id()
