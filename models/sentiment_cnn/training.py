@@ -230,8 +230,8 @@ def train(c: SentimentCNNConfig, spec: datasets.DataSpec, ctx: RunContext) -> in
         recorder = _recorder(keras, ctx, sizes["train"], step0, history)
         if c.bucket_by_length:
             model.fit(_bucketed(fold.x_train, fold.y_train, c, ctx.seed + fold.number),
-                      epochs=c.epochs, validation_data=(fold.x_val, fold.y_val),
-                      callbacks=[recorder], verbose=c.verbose)
+                      epochs=c.epochs, validation_data=(fold.x_val, fold.y_val), shuffle=False,
+                      callbacks=[recorder], verbose=c.verbose)  # the batches come shuffled
         else:
             x_train = fit_length(fold.x_train, c.maxlen, c.padding, c.truncating)
             model.fit(x_train, fold.y_train, batch_size=c.batch_size, epochs=c.epochs,
