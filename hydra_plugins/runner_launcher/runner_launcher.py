@@ -1,0 +1,145 @@
+"""The ``runner`` Hydra launcher: fans a sweep's jobs out to the selected target at once.
+
+Selected by ``conf/config.yaml`` (``override hydra/launcher: runner``), so ``runner submit -m``
+uses it with any sweeper (Hydra's basic grid sweeper, the Optuna sweeper, ...). Each batch of
+jobs a sweeper hands over is composed here, recorded in the ledger and submitted detached
+through the target's backend by :class:`runner.sweep.Sweep`, which also waits for them; each
+job's result goes back to the sweeper (the ``objective`` metric, for optimizing sweepers).
+
+Outside ``runner submit`` (no sweep session attached to the task function) it runs the jobs
+one after another in this process, like Hydra's basic launcher.
+"""
+
+# No `from __future__ import annotations` here: Hydra's plugin scan executes this module
+# before it is in sys.modules, and dataclasses then cannot resolve string annotations.
+import copy
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.utils import JobReturn, JobStatus, filter_overrides, run_job, setup_globals
+from hydra.plugins.launcher import Launcher
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig, open_dict, read_write
+
+log = logging.getLogger(__name__)
+
+#: the attribute of the task function that carries the :class:`runner.sweep.Sweep`
+SESSION_ATTR = "runner_sweep"
+
+
+@dataclass
+class RunnerLauncherConf:
+    """``hydra.launcher.*`` keys (set them on the command line or in your config's ``hydra:``)."""
+
+    _target_: str = "hydra_plugins.runner_launcher.runner_launcher.RunnerLauncher"
+    max_parallel: int = 0  # jobs running at once over all targets; 0 = as many as the slots allow
+    objective: str | None = None  # metric returned to the sweeper (Optuna optimizes it)
+    show_logs: bool = True  # print every job's log, each line prefixed by [job N]
+    poll: float = 0.25  # seconds between looks at the running jobs
+
+
+ConfigStore.instance().store(group="hydra/launcher", name="runner", node=RunnerLauncherConf,
+                             provider="runner")
+
+
+class RunnerLauncher(Launcher):
+    """Hands each batch of jobs to the runner's sweep session; see the module docstring."""
+
+    def __init__(self, max_parallel: int = 0, objective: str | None = None,
+                 show_logs: bool = True, poll: float = 0.25) -> None:
+        self.max_parallel = max_parallel
+        self.objective = objective
+        self.show_logs = show_logs
+        self.poll = poll
+        self.config: DictConfig | None = None
+        self.task_function: TaskFunction | None = None
+        self.hydra_context: HydraContext | None = None
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction,
+              config: DictConfig) -> None:
+        self.config = config
+        self.hydra_context = hydra_context
+        self.task_function = task_function
+        session = getattr(task_function, SESSION_ATTR, None)
+        if session is not None:
+            session.configure(max_parallel=self.max_parallel, objective=self.objective,
+                              show_logs=self.show_logs, poll=self.poll)
+
+    def _job_config(self, overrides: Sequence[str], idx: int) -> DictConfig:
+        assert self.hydra_context is not None and self.config is not None
+        cfg = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+        with open_dict(cfg):
+            cfg.hydra.job.id = idx
+            cfg.hydra.job.num = idx
+        return cfg
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
+               ) -> Sequence[JobReturn]:
+        setup_globals()
+        assert self.config is not None and self.task_function is not None
+        Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
+        session = getattr(self.task_function, SESSION_ATTR, None)
+        if session is None:
+            return self._one_by_one(job_overrides, initial_job_idx)
+        original = HydraConfig.instance().cfg
+        jobs, configs = [], []
+        try:
+            for i, overrides in enumerate(job_overrides):
+                idx = initial_job_idx + i
+                cfg = self._job_config(overrides, idx)
+                # interpolations such as ${hydra:job.num} resolve against the job's own config
+                HydraConfig.instance().set_config(cfg)
+                task_cfg = copy.deepcopy(cfg)
+                with read_write(task_cfg), open_dict(task_cfg):
+                    del task_cfg["hydra"]
+                choices = {k: str(v) for k, v in cfg.hydra.runtime.choices.items()
+                           if not k.startswith("hydra")}
+                jobs.append(session.add(idx, task_cfg, list(cfg.hydra.overrides.task), choices))
+                configs.append((cfg, task_cfg))
+        finally:
+            HydraConfig.instance().cfg = original  # type: ignore[assignment]
+        session.run(jobs)
+        returns = []
+        for job, (cfg, task_cfg) in zip(jobs, configs, strict=True):
+            ret = JobReturn(overrides=list(cfg.hydra.overrides.task), cfg=task_cfg, hydra_cfg=cfg,
+                            working_dir=os.getcwd(), task_name=str(cfg.hydra.job.name))
+            try:
+                ret.return_value = session.result(job)
+                ret.status = JobStatus.COMPLETED
+            except Exception as e:  # the sweeper decides what a failed job means
+                ret.return_value = e
+                ret.status = JobStatus.FAILED
+            returns.append(ret)
+        return returns
+
+    def _one_by_one(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
+                    ) -> list[JobReturn]:
+        assert self.hydra_context is not None and self.task_function is not None
+        returns = []
+        for i, overrides in enumerate(job_overrides):
+            idx = initial_job_idx + i
+            log.info(f"#{idx} : {' '.join(filter_overrides(overrides))}")
+            returns.append(run_job(hydra_context=self.hydra_context,
+                                   task_function=self.task_function,
+                                   config=self._job_config(overrides, idx),
+                                   job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir"))
+        return returns
+
+
+def attach(task_function: Any, session: Any) -> None:
+    """Give ``task_function`` the sweep session this launcher will use."""
+    setattr(task_function, SESSION_ATTR, session)
+
+
+def ensure_registered() -> None:
+    """Register the launcher with Hydra explicitly: Hydra finds plugins by walking the
+    ``hydra_plugins`` folders, which an editable install of this package does not have."""
+    from hydra.core.plugins import Plugins
+
+    Plugins.instance().register(RunnerLauncher)

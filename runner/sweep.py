@@ -1,0 +1,636 @@
+"""Sweeps: every job of a Hydra sweep submitted through its target's backend at once.
+
+A :class:`Sweep` is what ``runner submit -m`` (through the ``runner`` Hydra launcher in
+``hydra_plugins/runner_launcher``) and ``runner sweep SWEEP --resume`` drive. It
+
+- takes the code snapshot **once** (``.runner/sweeps/SWEEP/code``) and prepares each distinct
+  environment once, so every job of the sweep runs the same code and env however long it lasts;
+- records the sweep in the ledger, and each job's *key*: a hash of the job's composed config,
+  the snapshot's manifest and the env key (``--skip-done`` reuses a job whose key succeeded);
+- submits jobs detached, at most ``max_parallel`` at once and at most the target's ``slots``
+  (``slots: 0`` lets the backend place runs itself, as Ray does), each with its own GPU when
+  the target lists GPUs;
+- prints one line per job state change and every job's log prefixed by ``[job N]``, and ends
+  with a table of jobs, states and key metrics;
+- keeps going when a job fails, unless ``fail_fast``; Ctrl-C or ``runner cancel SWEEP``
+  cancels every job and leaves nothing running.
+
+The sweep's folder also keeps each job's resolved config (``jobs/NUM.json``), so a resume
+re-runs exactly the jobs that were asked for, without composing anything again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from omegaconf import DictConfig, OmegaConf
+
+from runner import snapshot
+from runner.backend import RunHandle, RunSpec, RunState, RunStatus
+from runner.errors import UserError
+from runner.launch import Plan, Runs, _job_values
+from runner.rundir import RunDir, read_json, write_json_atomic
+from runner.store import RunRecord
+
+__all__ = ["Job", "Sweep", "SweepCancelled", "JobFailed", "sweep_jobs", "swept_keys"]
+
+#: states of a job whose latest run `runner sweep SWEEP --resume` runs again
+RESUMABLE = (RunState.FAILED, RunState.CANCELLED, RunState.LOST)
+SKIPPED = "SKIPPED"  # a job whose key had already succeeded (``--skip-done``)
+
+
+class SweepCancelled(KeyboardInterrupt):
+    """The sweep was cancelled (Ctrl-C, or ``runner cancel SWEEP`` from another shell)."""
+
+
+class JobFailed(RuntimeError):
+    """What a sweeper sees as the result of a job that did not succeed."""
+
+
+@dataclass
+class Job:
+    """One job of a sweep, as the launcher tracks it."""
+
+    num: int  #: the job number Hydra gave it (``[job N]``)
+    overrides: list[str]  #: the job's task overrides (``model.lr=0.1``)
+    key: str  #: content key: config + code snapshot + env
+    plan: Plan | None = None  #: None for a skipped job
+    run_id: str | None = None  #: the run that executes (or, when skipped, executed) the job
+    spec: RunSpec | None = None
+    handle: RunHandle | None = None
+    gpu: str | None = None  #: the GPU slot given to it, if the target lists GPUs
+    state: str = RunState.QUEUED.value  #: a RunState value, or SKIPPED
+    status: RunStatus | None = None  #: final status once ended
+    summary: dict[str, float] = field(default_factory=dict)  #: final metrics
+    offset: int = 0  #: how much of its log has been printed
+    started: float | None = None
+    ended: float | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.state == SKIPPED or RunState(self.state).terminal
+
+    @property
+    def ok(self) -> bool:
+        return self.state in (SKIPPED, RunState.SUCCEEDED.value)
+
+
+def _digest(value: Any) -> str:
+    blob = json.dumps(value, sort_keys=True, separators=(",", ":"), default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def job_key(values: dict[str, Any], manifest_digest: str, env_key: str) -> str:
+    """The key of a job: its resolved config, the code it runs, the env it runs in."""
+    return _digest({"config": values, "code": manifest_digest, "env": env_key})
+
+
+def _gpu_list(gpus: str | None, remote: bool) -> list[str] | None:
+    """The GPUs a target offers, one per sweep slot; None when they cannot be told apart."""
+    if gpus in (None, ""):
+        return None
+    if str(gpus).strip() == "all":
+        if remote:
+            return None
+        try:
+            out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10).stdout
+        except (OSError, subprocess.SubprocessError):
+            return None
+        n = sum(1 for line in out.splitlines() if line.startswith("GPU "))
+        return [str(i) for i in range(n)] or None
+    return [g.strip() for g in str(gpus).split(",") if g.strip()]
+
+
+class _Capacity:
+    """How many jobs may run at once, overall and per target, and which GPU each gets."""
+
+    def __init__(self, max_parallel: int | None) -> None:
+        self.max_parallel = max_parallel if max_parallel and max_parallel > 0 else None
+        self.running: dict[str, int] = {}
+        self.gpu_load: dict[str, dict[str, int]] = {}
+
+    def free(self, plan: Plan) -> bool:
+        total = sum(self.running.values())
+        if self.max_parallel is not None and total >= self.max_parallel:
+            return False
+        slots = int(getattr(plan.backend.config, "slots", 1) or 0)
+        return slots <= 0 or self.running.get(plan.target_name, 0) < slots
+
+    def take(self, plan: Plan, gpus: list[str] | None) -> str | None:
+        self.running[plan.target_name] = self.running.get(plan.target_name, 0) + 1
+        if not gpus:
+            return None
+        load = self.gpu_load.setdefault(plan.target_name, {g: 0 for g in gpus})
+        gpu = min(gpus, key=lambda g: (load.get(g, 0), gpus.index(g)))
+        load[gpu] = load.get(gpu, 0) + 1
+        return gpu
+
+    def give_back(self, plan: Plan, gpu: str | None) -> None:
+        self.running[plan.target_name] -= 1
+        if gpu is not None:
+            self.gpu_load[plan.target_name][gpu] -= 1
+
+
+class Sweep:
+    """One sweep: its ledger record, its snapshot, its jobs, and the loop that runs them."""
+
+    def __init__(
+        self, runs: Runs, *, sweep_id: str | None = None, fail_fast: bool = False,
+        skip_done: bool = False, max_parallel: int | None = None, objective: str | None = None,
+        show_logs: bool = True, poll: float = 0.25, out: TextIO | None = None,
+        argv: Sequence[str] = (),
+    ) -> None:
+        self.runs = runs
+        self.store = runs.store
+        self.sweep_id = sweep_id
+        self.fail_fast = fail_fast
+        self.skip_done = skip_done
+        self.capacity = _Capacity(max_parallel)
+        self.objective = objective
+        self.show_logs = show_logs
+        self.poll = poll
+        self.out = out or sys.stderr
+        self.argv = list(argv)
+        self.jobs: list[Job] = []
+        self.manifest_digest: str | None = None
+        self._env_keys: dict[str, str] = {}
+        self._gpus: dict[str, list[str] | None] = {}
+        self._lock = threading.Lock()
+        self.cancelled = False
+        self.failed_fast = False
+        if sweep_id is not None:
+            info = self.info()
+            self.manifest_digest = info.get("manifest_digest")
+
+    def configure(self, *, max_parallel: int | None = None, objective: str | None = None,
+                  show_logs: bool | None = None, poll: float | None = None) -> None:
+        """Apply the launcher's settings (``hydra.launcher.*``); None leaves one as it is."""
+        if max_parallel is not None:
+            self.capacity = _Capacity(max_parallel)
+        if objective is not None:
+            self.objective = objective
+        if show_logs is not None:
+            self.show_logs = show_logs
+        if poll is not None:
+            self.poll = poll
+
+    def abort(self) -> None:
+        """Record every job that never started as CANCELLED (an interrupt while composing)."""
+        for job in self.jobs:
+            if job.handle is None and not job.done:
+                self._end(job, RunStatus(RunState.CANCELLED, message="cancelled before it started"))
+        self.cancelled = True
+
+    # -- the sweep's folder and record ------------------------------------------------
+    @property
+    def home(self) -> Path:
+        assert self.sweep_id is not None
+        return self.store.home / "sweeps" / self.sweep_id
+
+    @property
+    def code_dir(self) -> Path:
+        return self.home / "code"
+
+    def info(self) -> dict[str, Any]:
+        assert self.sweep_id is not None
+        rec = self.store.sweep(self.sweep_id)
+        if rec is None:
+            raise UserError(f"no sweep '{self.sweep_id}' in the ledger at {self.store.home}.",
+                            "`runner runs` shows each run's sweep; sweep ids start with 's'.")
+        return dict(rec["info"])
+
+    def _begin(self, target: str) -> None:
+        """Create the sweep record and take the one code snapshot all its jobs run."""
+        if self.sweep_id is not None:
+            return
+        root = self.runs.project_root
+        with tempfile.TemporaryDirectory(dir=self.store.home, prefix=".snapshot-") as tmp:
+            manifest = snapshot.take(root, Path(tmp) / "code")
+            self.manifest_digest = _digest(manifest)
+            self.sweep_id = self.store.create_sweep(target, {
+                "argv": self.argv, "manifest_digest": self.manifest_digest,
+                "objective": self.objective, "files": len(manifest),
+            })
+            self.home.mkdir(parents=True, exist_ok=True)
+            shutil.move(str(Path(tmp) / "code"), self.code_dir)
+        write_json_atomic(self.home / "manifest.json", manifest)
+        self._say(f"sweep {self.sweep_id}: code snapshot of {len(manifest)} files taken once for "
+                  f"every job; cancel with Ctrl-C or `runner cancel {self.sweep_id}`")
+
+    def _cancel_marker(self) -> Path:
+        return self.home / "cancel"
+
+    # -- adding jobs --------------------------------------------------------------------
+    def _env_key(self, plan: Plan) -> str:
+        """Prepare each distinct (target, env) once per sweep; its key goes into job keys."""
+        memo = _digest([plan.target_name, dataclasses.asdict(plan.backend.config),  # type: ignore[call-overload]
+                        repr(plan.env)])
+        if memo not in self._env_keys:
+            with tempfile.TemporaryDirectory(prefix="runner-sweep-prepare-") as tmp:
+                spec = RunSpec(run_id="prepare", run_dir=Path(tmp), target_name=plan.target_name,
+                               target=plan.backend.config, env=plan.env, model=plan.model.name,
+                               project_root=self.runs.project_root, gpus=plan.env.gpus)
+                prepared = plan.backend.prepare(spec)
+            self._say(f"env {plan.env.name} on {plan.target_name}: {prepared.reason} "
+                      f"[{prepared.env_key}]")
+            self._env_keys[memo] = prepared.env_key
+        return self._env_keys[memo]
+
+    def add(self, num: int, cfg: DictConfig, overrides: list[str], choices: dict[str, str],
+            *, key: str | None = None) -> Job:
+        """Plan, key and record one job (QUEUED), or mark it skipped when its key succeeded.
+
+        Called by the launcher while Hydra's config of that job is current, so interpolations
+        that need it resolve.
+        """
+        plan = self.runs.plan(cfg, overrides, choices)
+        self._begin(plan.target_name)
+        assert self.sweep_id is not None and self.manifest_digest is not None
+        self._check_not_cancelled()
+        values = _job_values(cfg)
+        key = key or job_key(values, self.manifest_digest, self._env_key(plan))
+        job = Job(num=num, overrides=list(overrides), key=key, plan=plan)
+        jobs_dir = self.home / "jobs"
+        jobs_dir.mkdir(exist_ok=True)
+        write_json_atomic(jobs_dir / f"{num}.json", {
+            "num": num, "key": key, "overrides": list(overrides), "choices": dict(choices),
+            "config": values,
+        })
+        done = self.store.find_by_job_key(key, RunState.SUCCEEDED) if self.skip_done else None
+        if done is not None:
+            job.run_id, job.state, job.summary = done.id, SKIPPED, dict(done.summary)
+            job.plan = None
+            self._say(f"[job {num}] skipped: the same job succeeded as run {done.id} "
+                      f"({self._label(job)})")
+        else:
+            target = plan.target_name
+            if target not in self._gpus:
+                remote = "remote" in plan.backend.capabilities
+                self._gpus[target] = _gpu_list(getattr(plan.backend.config, "gpus", None), remote)
+            rec, spec = self.runs.record(plan, sweep_id=self.sweep_id, job_key=key,
+                                         code_from=self.code_dir)
+            job.run_id, job.spec = rec.id, spec
+            self._say(f"[job {num}] {rec.id} QUEUED  {self._label(job)}")
+        self.jobs.append(job)
+        return job
+
+    # -- running ------------------------------------------------------------------------
+    def run(self, jobs: Sequence[Job]) -> list[Job]:
+        """Submit ``jobs`` as capacity allows and wait for all of them to end."""
+        pending = [j for j in jobs if not j.done]
+        active: list[Job] = []
+        try:
+            while pending or active:
+                self._check_not_cancelled()
+                for job in list(pending):
+                    assert job.plan is not None
+                    if self.failed_fast:
+                        pending.remove(job)
+                        self._end(job, RunStatus(RunState.CANCELLED,
+                                                 message="not started: an earlier job failed (--fail-fast)"))
+                        continue
+                    if not self.capacity.free(job.plan):
+                        continue
+                    pending.remove(job)
+                    if self._start(job):
+                        active.append(job)
+                for job in list(active):
+                    if self._watch(job):
+                        active.remove(job)
+                        if not job.ok and self.fail_fast and not self.failed_fast:
+                            self.failed_fast = True
+                            self._say(f"[job {job.num}] {job.state}: --fail-fast, cancelling the rest")
+                            self._cancel_all(active, "cancelled: an earlier job failed (--fail-fast)")
+                            active.clear()
+                if pending or active:
+                    time.sleep(self.poll)
+        except KeyboardInterrupt:
+            old = signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not orphan jobs
+            try:
+                self.cancelled = True
+                self._say(f"\nsweep {self.sweep_id}: cancelling {len(active)} running and "
+                          f"{len(pending)} queued jobs ...")
+                for job in pending:
+                    self._end(job, RunStatus(RunState.CANCELLED, message="cancelled before it started"))
+                self._cancel_all(active, "cancelled")
+            finally:
+                signal.signal(signal.SIGINT, old)
+            raise SweepCancelled() from None
+        return list(jobs)
+
+    def _check_not_cancelled(self) -> None:
+        if self.sweep_id is not None and self._cancel_marker().exists():
+            raise SweepCancelled()
+
+    def _start(self, job: Job) -> bool:
+        """Submit one job; False when it could not start (recorded as FAILED) or was
+        cancelled while it waited."""
+        assert job.plan is not None and job.spec is not None and job.run_id is not None
+        rec = self.store.get(job.run_id)
+        if rec.state.terminal:  # cancelled from another shell while it was queued
+            job.state, job.status = rec.state.value, RunStatus(rec.state, message=rec.message)
+            self._say(f"[job {job.num}] {job.run_id} {rec.state.value} before it started")
+            return False
+        job.gpu = self.capacity.take(job.plan, self._gpus.get(job.plan.target_name))
+        if job.gpu is not None:
+            job.spec = dataclasses.replace(job.spec, gpus=job.gpu)
+            req = RunDir(job.spec.run_dir).request()
+            RunDir(job.spec.run_dir).write_request({**req, "gpus": job.gpu})
+        job.started = time.time()
+        try:
+            job.handle = self.runs.launch(job.plan, job.spec)
+        except KeyboardInterrupt:
+            self.capacity.give_back(job.plan, job.gpu)
+            raise
+        except Exception as e:
+            self.capacity.give_back(job.plan, job.gpu)
+            msg = e.message if isinstance(e, UserError) else f"{type(e).__name__}: {e}"
+            job.status = RunStatus(RunState.FAILED, message=f"could not start: {msg}")
+            job.state, job.ended = RunState.FAILED.value, time.time()
+            self._say(f"[job {job.num}] {job.run_id} FAILED: could not start: {msg}")
+            if self.fail_fast:
+                self.failed_fast = True
+            return False
+        if self.store.get(job.run_id).state.terminal:  # a cancel raced the submit
+            job.handle.cancel()
+        gpu = f" on GPU {job.gpu}" if job.gpu is not None else ""
+        self._transition(job, RunState.RUNNING.value, gpu)
+        return True
+
+    def _watch(self, job: Job) -> bool:
+        """Print new log lines and state changes of a running job; True once it ended."""
+        assert job.handle is not None and job.run_id is not None and job.plan is not None
+        try:
+            st = job.handle.status()
+        except Exception as e:  # a target that does not answer once is not a failed job
+            self._say(f"[job {job.num}] warning: cannot check run {job.run_id}: {e}")
+            return False
+        self._print_logs(job)
+        if not st.terminal:
+            return False
+        self._print_logs(job)
+        self.runs.finish(job.run_id, st)
+        self.capacity.give_back(job.plan, job.gpu)
+        self._end(job, st)
+        return True
+
+    def _print_logs(self, job: Job) -> None:
+        assert job.handle is not None
+        for offset, line in job.handle.logs(job.offset):
+            job.offset = offset
+            if self.show_logs:
+                self.out.write(f"[job {job.num}] {line if line.endswith(chr(10)) else line + chr(10)}")
+        self.out.flush()
+
+    def _end(self, job: Job, st: RunStatus) -> None:
+        if job.run_id is not None and not self.store.get(job.run_id).state.terminal:
+            if job.spec is not None:
+                RunDir(job.spec.run_dir).write_status(st)
+            self.runs.finish(job.run_id, st)
+        rec = self.store.get(job.run_id) if job.run_id else None
+        job.status = st
+        job.summary = dict(rec.summary) if rec else {}
+        job.ended = time.time()
+        tail = f" ({st.message})" if st.message and st.state != RunState.SUCCEEDED else ""
+        metrics = _metrics_text(job.summary, self.objective)
+        self._transition(job, st.state.value, tail + (f": {metrics}" if metrics else ""))
+
+    def _cancel_all(self, active: Sequence[Job], why: str) -> None:
+        """Cancel running jobs in parallel (each cancel waits until its run stopped)."""
+        def one(job: Job) -> None:
+            assert job.handle is not None and job.plan is not None
+            try:
+                st = job.handle.cancel()
+            except Exception as e:
+                self._say(f"[job {job.num}] could not cancel run {job.run_id}: {e}")
+                return
+            if st.state == RunState.CANCELLED and not st.message.startswith(why):
+                st = RunStatus(RunState.CANCELLED, st.exit_code, st.oom, why)
+            self._print_logs(job)
+            assert job.run_id is not None
+            self.runs.finish(job.run_id, st)
+            self.capacity.give_back(job.plan, job.gpu)
+            self._end(job, st)
+
+        threads = [threading.Thread(target=one, args=(j,)) for j in active if j.handle is not None]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+
+    # -- output ---------------------------------------------------------------------------
+    def _say(self, text: str) -> None:
+        with self._lock:
+            self.out.write(text + "\n")
+            self.out.flush()
+
+    def _label(self, job: Job) -> str:
+        return " ".join(job.overrides) or "(no overrides)"
+
+    def _transition(self, job: Job, state: str, tail: str = "") -> None:
+        job.state = state
+        self._say(f"[job {job.num}] {job.run_id} {state}{tail}")
+
+    def result(self, job: Job) -> Any:
+        """What a sweeper gets from a job: the objective metric's value when
+        ``objective`` is set, else the job's final metrics. Raises :class:`JobFailed`."""
+        if not job.ok:
+            st = job.status
+            raise JobFailed(f"job {job.num} ({self._label(job)}): run {job.run_id} {job.state}"
+                            + (f": {st.message}" if st and st.message else ""))
+        if self.objective is None:
+            return dict(job.summary)
+        if self.objective not in job.summary:
+            raise JobFailed(
+                f"job {job.num}: run {job.run_id} logged no metric '{self.objective}' "
+                f"(hydra.launcher.objective); it logged: {', '.join(job.summary) or 'nothing'}.")
+        return job.summary[self.objective]
+
+    def exit_code(self) -> int:
+        if self.cancelled:
+            return 130
+        return 0 if all(j.ok for j in self.jobs) else 1
+
+    def print_table(self, console: Any = None) -> None:
+        if not self.jobs:
+            return
+        print_jobs_table(self.sweep_id or "?", [(j.num, j.overrides, j.run_id, j.state, j.summary,
+                                                 (j.ended or time.time()) - j.started
+                                                 if j.started else None) for j in self.jobs],
+                         self.objective, console)
+
+
+# -- reading a sweep back -----------------------------------------------------------------------
+
+def _metrics_text(summary: dict[str, float], objective: str | None, n: int = 3) -> str:
+    preferred: tuple[str, ...] = (objective,) if objective else ()
+    preferred += ("test_accuracy", "val_accuracy", "accuracy", "val_loss", "loss")
+    names = [k for k in dict.fromkeys(preferred) if k and k in summary]
+    names += sorted(k for k in summary if k not in names)
+    return "  ".join(f"{k}={_fmt(summary[k])}" for k in names[:n])
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+_STYLE = {"SUCCEEDED": "green", "FAILED": "red", "LOST": "magenta", "CANCELLED": "yellow",
+          "RUNNING": "cyan", "PREPARING": "cyan", "QUEUED": "dim", SKIPPED: "green"}
+
+
+def print_jobs_table(sweep_id: str, rows: Sequence[tuple[int, list[str], str | None, str,
+                                                             dict[str, float], float | None]],
+                     objective: str | None, console: Any = None) -> None:
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    keys = swept_keys([r[1] for r in rows])
+    t = Table(title=f"sweep {sweep_id}", title_justify="left", box=None, pad_edge=False)
+    for col in ("job", "run", "state", *keys, "metrics", "time"):
+        t.add_column(col, no_wrap=col != "metrics")
+    for num, overrides, run_id, state, summary, took in rows:
+        values = _override_values(overrides)
+        t.add_row(str(num), run_id or "-", f"[{_STYLE.get(state, '')}]{state}[/]",
+                  *[escape(values.get(k, "-")) for k in keys],
+                  escape(_metrics_text(summary, objective)), f"{took:.1f}s" if took is not None else "-")
+    (console or Console(stderr=True, highlight=False)).print(t)
+
+
+def _override_values(overrides: Sequence[str]) -> dict[str, str]:
+    out = {}
+    for o in overrides:
+        key, sep, value = o.partition("=")
+        if sep:
+            out[key.lstrip("+~")] = value
+    return out
+
+
+def swept_keys(overrides: Sequence[Sequence[str]]) -> list[str]:
+    """The override keys whose values differ between the jobs (the swept keys), in order."""
+    per_job = [_override_values(o) for o in overrides]
+    keys = list(dict.fromkeys(k for o in per_job for k in o))
+    return [k for k in keys if len({o.get(k) for o in per_job}) > 1]
+
+
+@dataclass(frozen=True)
+class SweepJob:
+    """One job of a recorded sweep and its latest run."""
+
+    num: int
+    key: str
+    overrides: list[str]
+    choices: dict[str, str]
+    config: dict[str, Any]
+    run: RunRecord | None  #: the newest run of this job (None if it never got one)
+    reused: bool = False  #: the run is from another sweep (the job was skipped as done)
+
+
+def sweep_jobs(runs: Runs, sweep_id: str) -> list[SweepJob]:
+    """The jobs of a recorded sweep, each with its newest run (refreshed from the target)."""
+    if runs.store.sweep(sweep_id) is None:
+        recent = _recent_sweeps(runs)
+        raise UserError(f"no sweep '{sweep_id}' in the ledger at {runs.store.home}.",
+                        f"recent sweeps: {', '.join(recent)}" if recent else
+                        "no sweeps yet: `runner submit -m key=a,b` starts one.")
+    home = runs.store.home / "sweeps" / sweep_id / "jobs"
+    latest: dict[str, RunRecord] = {}
+    for r in runs.store.list(sweep_id=sweep_id):  # newest first
+        if r.job_key and r.job_key not in latest:
+            latest[r.job_key] = runs.refresh(r) if not r.state.terminal else r
+    out = []
+    for path in sorted(home.glob("*.json"), key=lambda p: int(p.stem)) if home.is_dir() else []:
+        data = read_json(path) or {}
+        rec: RunRecord | None = latest.get(data["key"])
+        reused = False
+        if rec is None:
+            rec = runs.store.find_by_job_key(data["key"], RunState.SUCCEEDED)
+            reused = rec is not None
+        out.append(SweepJob(int(data["num"]), data["key"], list(data["overrides"]),
+                            dict(data["choices"]), dict(data["config"]), rec, reused))
+    return out
+
+
+def _recent_sweeps(runs: Runs, n: int = 5) -> list[str]:
+    seen: list[str] = []
+    for rec in runs.store.list(limit=200):
+        if rec.sweep_id and rec.sweep_id not in seen:
+            seen.append(rec.sweep_id)
+    return seen[:n]
+
+
+def mark_cancelled(runs: Runs, sweep_id: str) -> None:
+    """Tell a launcher still driving ``sweep_id`` (in another process) to stop starting jobs."""
+    home = runs.store.home / "sweeps" / sweep_id
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "cancel").touch()
+
+
+def show(runs: Runs, sweep_id: str) -> int:
+    """``runner sweep SWEEP``: the sweep's jobs, their latest runs, states and metrics."""
+    jobs = sweep_jobs(runs, sweep_id)
+    info = runs.store.sweep(sweep_id) or {}
+    objective = (info.get("info") or {}).get("objective")
+    rows = []
+    for j in jobs:
+        rec = j.run
+        state = rec.state.value if rec else "NOT STARTED"
+        if j.reused and rec is not None:
+            state = SKIPPED
+        took = ((rec.finished or time.time()) - rec.created) if rec else None
+        rows.append((j.num, j.overrides, rec.id if rec else None, state,
+                     dict(rec.summary) if rec else {}, took))
+    print_jobs_table(sweep_id, rows, objective)
+    todo = [j for j in jobs if j.run is None or j.run.state in RESUMABLE]
+    if todo:
+        print(f"{len(todo)} job(s) failed, were cancelled or lost: `runner sweep {sweep_id} --resume` "
+              "runs them again.", file=sys.stderr)
+    return 0
+
+
+def resume(runs: Runs, sweep_id: str, *, fail_fast: bool = False, max_parallel: int | None = None,
+           on_sweep: Callable[[Sweep], None] | None = None) -> int:
+    """``runner sweep SWEEP --resume``: run again only the jobs whose latest run failed, was
+    cancelled or was lost, with the sweep's snapshot and the configs recorded at submit."""
+    jobs = sweep_jobs(runs, sweep_id)
+    info = (runs.store.sweep(sweep_id) or {}).get("info") or {}
+    todo = [j for j in jobs if j.run is None or (j.run.state in RESUMABLE and not j.reused)]
+    running = [j for j in jobs if j.run is not None and not j.run.state.terminal]
+    if running:
+        raise UserError(
+            f"sweep {sweep_id} still has {len(running)} running job(s) "
+            f"({', '.join(j.run.id for j in running if j.run)}).",
+            f"wait for them, or `runner cancel {sweep_id}` first.")
+    sweep = Sweep(runs, sweep_id=sweep_id, fail_fast=fail_fast, max_parallel=max_parallel,
+                  objective=info.get("objective"))
+    if on_sweep:
+        on_sweep(sweep)
+    if not sweep.code_dir.is_dir():
+        raise UserError(f"sweep {sweep_id}: its code snapshot ({sweep.code_dir}) is gone.",
+                        "the jobs cannot be re-run with the code they were submitted with.")
+    if not todo:
+        sweep._say(f"sweep {sweep_id}: nothing to resume, every job succeeded.")
+        return 0
+    sweep._cancel_marker().unlink(missing_ok=True)
+    sweep._say(f"sweep {sweep_id}: resuming {len(todo)} of {len(jobs)} jobs "
+               f"({', '.join(str(j.num) for j in todo)})")
+    for j in todo:
+        sweep.add(j.num, OmegaConf.create(j.config), j.overrides, j.choices, key=j.key)
+    try:
+        sweep.run(sweep.jobs)
+    finally:
+        show(runs, sweep_id)  # the whole sweep, with the jobs that had succeeded before
+    return sweep.exit_code()
