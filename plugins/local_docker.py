@@ -14,6 +14,7 @@ import shutil
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,8 @@ from runner.plugins import _docker as dk
 from runner.rundir import RunDir, lost_or_cancelled
 
 NETWORKS = ("default", "host", "none")
+#: seconds a container may sit in "Created" before its run counts as never started
+CREATED_PATIENCE = 60.0
 
 
 @dataclass
@@ -87,7 +90,15 @@ class DockerHandle(RunHandle):
             else:
                 return RunStatus(RunState.RUNNING)
         elif state.get("Status") == "created":
-            return st if st is not None and not st.terminal else RunStatus(RunState.QUEUED)
+            if _age(str(info.get("Created", ""))) < CREATED_PATIENCE:
+                return st if st is not None and not st.terminal else RunStatus(RunState.QUEUED)
+            # its client died between create and start: it will never run
+            final = lost_or_cancelled(self.rd, f"container {self.container} was created but "
+                                               "never started (its client ended during submit)")
+            self.rd.write_status(final)
+            self.cli.remove(self.container)
+            self._settled = True
+            return final
         return self._settle(info)
 
     def _await_exit(self, seconds: float) -> dict[str, Any] | None:
@@ -151,6 +162,15 @@ class DockerHandle(RunHandle):
     def fetch_outputs(self, dest: Path) -> None:
         if Path(dest).resolve() != self.rd.path.resolve():
             shutil.copytree(self.rd.path, dest, dirs_exist_ok=True)
+
+
+def _age(created: str) -> float:
+    """Seconds since docker's RFC 3339 ``Created`` time (0 when it cannot be read)."""
+    try:
+        t = datetime.fromisoformat(created.split(".")[0].rstrip("Z")).replace(tzinfo=UTC)
+    except ValueError:
+        return 0.0
+    return time.time() - t.timestamp()
 
 
 def _size(n: int) -> str:

@@ -421,4 +421,21 @@ def test_sentiment_cnn_trains_one_epoch_in_a_container(
     assert st.state == RunState.SUCCEEDED, log[-3000:]
     names = {m["name"] for m in rd.read_metrics()}
     assert any("acc" in n for n in names), names
-    assert rd.worker_info()["packages"].get("tensorflow-cpu") or rd.worker_info()["packages"].get("tensorflow")
+    packages = {k.lower().replace("_", "-") for k in rd.worker_info()["packages"]}
+    assert packages & {"tensorflow-cpu", "tensorflow"}, sorted(packages)
+
+
+def test_a_container_never_started_is_lost_and_removed(
+    tmp_path: Path, backend: LocalDockerBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec = make_run(tmp_path, backend, "print(1)", env=ENV)
+    image = str(backend.prepare(spec).details["image"])
+    name = f"runner-{spec.run_id}"  # what a client killed between create and start leaves
+    r = docker("create", "--name", name, "--label", f"{dk.L_RUN_ID}={spec.run_id}", image, "true")
+    assert r.returncode == 0, r.stderr
+    handle = backend.reattach(spec.run_id, spec.run_dir, {"container": name})
+    assert handle.status().state == RunState.QUEUED  # may still be starting
+    monkeypatch.setattr(local_docker, "CREATED_PATIENCE", 0.0)
+    st = handle.status()
+    assert st.state == RunState.LOST and "never started" in st.message
+    assert containers_of(spec.run_id) == []
