@@ -30,6 +30,7 @@ class ScriptModel(Model):
 
     name = "script"
     Config = ScriptConfig
+    runs_in_subprocess = True
 
     def describe(self) -> str:
         c = self.config

@@ -230,7 +230,9 @@ class Runs:
 
     def follow(self, handle: RunHandle, offset: int = 0, *, poll: float = 0.2
                ) -> Iterator[tuple[int, str]]:
-        """Yield log lines until the run ends (then the rest of the log)."""
+        """Yield log lines until the run ends (then the rest of the log). Polls fast at first
+        (short runs end quickly) and backs off to ``poll`` seconds."""
+        delay = 0.02
         while True:
             ended = handle.status().terminal
             for item in handle.logs(offset):
@@ -238,7 +240,8 @@ class Runs:
                 yield item
             if ended:
                 return
-            time.sleep(poll)
+            time.sleep(delay)
+            delay = min(poll, delay * 1.5)
 
 
 def _client_alive(client: dict[str, Any]) -> bool:

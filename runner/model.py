@@ -52,6 +52,9 @@ class Model(ABC):
     Config: ClassVar[type]  #: a dataclass: the schema of ``conf/model/NAME.yaml``
     #: Extras the model needs on the target, shown in errors when its import fails.
     requires: ClassVar[tuple[str, ...]] = ()
+    #: True when the model runs its work in a child process (the worker then seeds only
+    #: through ``RUNNER_SEED``/``PYTHONHASHSEED`` instead of importing NumPy to seed it)
+    runs_in_subprocess: ClassVar[bool] = False
 
     def __init__(self, config: Any) -> None:
         self.config = config
