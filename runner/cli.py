@@ -333,14 +333,15 @@ def cmd_submit(args: argparse.Namespace) -> int:
             raise
         sweep.abort()
     except ValueError as e:  # an optimizing sweeper got no number back from the jobs
-        if not sweep.jobs or "float-castable" not in str(e):
+        if not sweep.jobs or sweep.objective is not None:
             raise
         from runner.errors import UserError
 
         sweep.print_table()
-        raise UserError(f"the sweeper needs a number from each job: {e}",
-                        "name the metric it optimizes: hydra.launcher.objective=val_accuracy "
-                        "(any metric the jobs log).") from None
+        raise UserError(f"the sweeper failed after its jobs ran: {str(e).splitlines()[0]}",
+                        "an optimizing sweeper (Optuna) needs a number from each job; name the "
+                        "metric: hydra.launcher.objective=val_accuracy (any metric the jobs log).",
+                        ) from None
     if not sweep.jobs:
         return outcome["code"]
     sweep.print_table()

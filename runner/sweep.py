@@ -151,7 +151,7 @@ class Sweep:
         self, runs: Runs, *, sweep_id: str | None = None, fail_fast: bool = False,
         skip_done: bool = False, max_parallel: int | None = None, objective: str | None = None,
         show_logs: bool = True, poll: float = 0.25, out: TextIO | None = None,
-        argv: Sequence[str] = (),
+        log_out: TextIO | None = None, argv: Sequence[str] = (),
     ) -> None:
         self.runs = runs
         self.store = runs.store
@@ -162,7 +162,8 @@ class Sweep:
         self.objective = objective
         self.show_logs = show_logs
         self.poll = poll
-        self.out = out or sys.stderr
+        self.out = out or sys.stderr  # progress lines
+        self.log_out = log_out or sys.stdout  # the jobs' logs, each line prefixed by [job N]
         self.argv = list(argv)
         self.jobs: list[Job] = []
         self.manifest_digest: str | None = None
@@ -392,8 +393,9 @@ class Sweep:
         for offset, line in job.handle.logs(job.offset):
             job.offset = offset
             if self.show_logs:
-                self.out.write(f"[job {job.num}] {line if line.endswith(chr(10)) else line + chr(10)}")
-        self.out.flush()
+                with self._lock:
+                    self.log_out.write(f"[job {job.num}] {line if line.endswith(chr(10)) else line + chr(10)}")
+        self.log_out.flush()
 
     def _end(self, job: Job, st: RunStatus) -> None:
         if job.run_id is not None and not self.store.get(job.run_id).state.terminal:
@@ -493,7 +495,8 @@ _STYLE = {"SUCCEEDED": "green", "FAILED": "red", "LOST": "magenta", "CANCELLED":
 
 def print_jobs_table(sweep_id: str, rows: Sequence[tuple[int, list[str], str | None, str,
                                                              dict[str, float], float | None]],
-                     objective: str | None, console: Any = None) -> None:
+                     objective: str | None, console: Any = None, *, stderr: bool = True) -> None:
+    """The sweep's table: one row per job with its run, state, swept values and metrics."""
     from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
@@ -507,7 +510,11 @@ def print_jobs_table(sweep_id: str, rows: Sequence[tuple[int, list[str], str | N
         t.add_row(str(num), run_id or "-", f"[{_STYLE.get(state, '')}]{state}[/]",
                   *[escape(values.get(k, "-")) for k in keys],
                   escape(_metrics_text(summary, objective)), f"{took:.1f}s" if took is not None else "-")
-    (console or Console(stderr=True, highlight=False)).print(t)
+    if console is None:
+        console = Console(stderr=stderr, highlight=False)
+        if not console.is_terminal:  # a log file or a pipe: one line per job, never wrapped
+            console = Console(stderr=stderr, highlight=False, width=240)
+    console.print(t)
 
 
 def _override_values(overrides: Sequence[str]) -> dict[str, str]:
@@ -593,7 +600,7 @@ def show(runs: Runs, sweep_id: str) -> int:
         took = ((rec.finished or time.time()) - rec.created) if rec else None
         rows.append((j.num, j.overrides, rec.id if rec else None, state,
                      dict(rec.summary) if rec else {}, took))
-    print_jobs_table(sweep_id, rows, objective)
+    print_jobs_table(sweep_id, rows, objective, stderr=False)
     todo = [j for j in jobs if j.run is None or j.run.state in RESUMABLE]
     if todo:
         print(f"{len(todo)} job(s) failed, were cancelled or lost: `runner sweep {sweep_id} --resume` "
