@@ -42,7 +42,7 @@ L_ENV_INPUTS = f"{LABEL}.env-inputs"  # JSON of the inputs, to explain a later m
 #: Repository of env images; the tag is the env's content key.
 IMAGE_REPO = "runner-env"
 #: Bumped when the image recipe below changes in a way the inputs do not show.
-RECIPE = 1
+RECIPE = 2
 #: Where things live inside a run container.
 RUN_MOUNT = "/runner/run"
 BUNDLE_DIR = "/opt/runner/bundle"
@@ -133,11 +133,14 @@ class DockerCLI:
         """A clear error when no engine answers."""
         r = self("version", "--format", "{{.Server.Version}}", timeout=20)
         if not r.ok:
-            raise UserError(
-                f"the Docker engine on {self.where} does not answer ({r.last_error()}).",
-                "start it (e.g. `systemctl start docker`, or scripts/testbed.sh up for the "
-                "test setup) and check that `docker version` works for this user.",
-            )
+            raise self.engine_error(r)
+
+    def engine_error(self, r: Result) -> UserError:
+        return UserError(
+            f"the Docker engine on {self.where} does not answer ({r.last_error()}).",
+            "start it (e.g. `systemctl start docker`, or scripts/testbed.sh up for the "
+            "test setup) and check that `docker version` works for this user.",
+        )
 
     def inspect(self, *refs: str, kind: str = "container") -> list[dict[str, Any]]:
         """``docker inspect`` of those of ``refs`` that exist (missing ones are skipped)."""
@@ -147,7 +150,7 @@ class DockerCLI:
         except json.JSONDecodeError:
             data = []
         if not r.ok and not data and "No such" not in r.stderr and "no such" not in r.stderr:
-            raise RuntimeError(f"docker {kind} inspect on {self.where} failed: {r.last_error()}")
+            raise self.engine_error(r)
         return list(data)
 
     def inspect_one(self, ref: str, kind: str = "container") -> dict[str, Any] | None:
@@ -161,7 +164,7 @@ class DockerCLI:
             args += ["--filter", f"label={k}={v}" if v else f"label={k}"]
         r = self(*args, timeout=30)
         if not r.ok:
-            raise RuntimeError(f"docker {' '.join(args[:2])} on {self.where} failed: {r.last_error()}")
+            raise self.engine_error(r)
         ids = sorted(set(r.stdout.split()))
         return self.inspect(*ids, kind=kind) if ids else []
 
@@ -169,7 +172,8 @@ class DockerCLI:
         """Remove containers (running or not); verify they are gone."""
         if not refs:
             return
-        self("rm", "-f", "-v", *refs, timeout=60)
+        if self("rm", "-f", "-v", *refs, timeout=60).ok:
+            return
         left = [c for c in self.inspect(*refs)]
         if left:
             raise RuntimeError(f"containers still present on {self.where} after `docker rm -f`: "
@@ -304,7 +308,9 @@ def dockerfile(base_ref: str, apt: Sequence[str], has_requirements: bool) -> str
             "RUN python -m pip install --no-cache-dir --disable-pip-version-check "
             "-r /opt/runner/requirements.txt",
         ]
-    lines += [f"COPY bundle {BUNDLE_DIR}", f"ENV PYTHONPATH={BUNDLE_DIR}"]
+    # precompiled: each container starts from the image, so .pyc files made at run time are lost
+    lines += [f"COPY bundle {BUNDLE_DIR}", f"RUN python -m compileall -q {BUNDLE_DIR}",
+              f"ENV PYTHONPATH={BUNDLE_DIR}"]
     return "\n".join(lines) + "\n"
 
 

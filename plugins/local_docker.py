@@ -28,6 +28,8 @@ from runner.rundir import RunDir, lost_or_cancelled
 NETWORKS = ("default", "host", "none")
 #: seconds a container may sit in "Created" before its run counts as never started
 CREATED_PATIENCE = 60.0
+#: seconds a "the container runs" answer from the engine is trusted before asking again
+RECHECK = 1.0
 
 
 @dataclass
@@ -58,6 +60,7 @@ class DockerHandle(RunHandle):
         self.cli = cli
         self.grace = grace
         self._settled = False  # final status recorded and the container removed
+        self._seen_running = 0.0  # monotonic time the engine last said the container runs
 
     @property
     def locator(self) -> dict[str, Any]:
@@ -67,6 +70,9 @@ class DockerHandle(RunHandle):
         st = self.rd.status()
         if self._settled and st is not None:
             return st
+        if (st is not None and st.state == RunState.RUNNING
+                and time.monotonic() - self._seen_running < RECHECK):
+            return st  # asked again within RECHECK seconds: spare the engine a call
         info = self.cli.inspect_one(self.container)
         if info is None:
             st = self.rd.status()
@@ -86,6 +92,7 @@ class DockerHandle(RunHandle):
                 if (info.get("State") or {}).get("Status") in ("running", "paused", "restarting"):
                     return st
             elif st is not None and st.state == RunState.RUNNING:
+                self._seen_running = time.monotonic()
                 return st
             else:
                 return RunStatus(RunState.RUNNING)
@@ -208,7 +215,6 @@ class LocalDockerBackend(Backend):
         return None if gpus in ("", "none") else gpus
 
     def prepare(self, spec: RunSpec) -> Prepared:
-        self.cli.check_engine()
         bundle, bundle_key = worker_bundle()
         base = spec.env.base_image or self.config.base_image
         image = dk.ensure_env_image(self.cli, spec.env, base, bundle, bundle_key,
