@@ -1,0 +1,396 @@
+"""The ``ray`` backend: runs on an existing Ray cluster through the Ray Jobs API.
+
+- **prepare** maps the env to a Ray runtime env: ``pip`` from the env's requirements (``-r``
+  files expanded), or a container image from ``env.options.image_uri``; the worker bundle
+  (the runner package and pluggy) travels as ``py_modules``, so the cluster needs only Python
+  and Ray. An env with something to build is built once on the cluster by a small warm-up job;
+  Ray caches it by content, and this client remembers which keys the cluster has built.
+- **submit** uploads the run directory (request + code snapshot) as the job's ``working_dir``
+  and starts ``python -m runner.plugins.ray`` there, reserving ``num_cpus``/``num_gpus`` so Ray
+  places the run on a node with room (and queues it while there is none).
+- **results come back through the job's log.** No shared filesystem is assumed and the Jobs API
+  has no file download, so when the worker ends, the entry point packs ``status.json``,
+  ``metrics.jsonl``, ``worker.json`` and ``outputs/`` into a compressed tar and prints it,
+  base64-encoded between two marker lines, at the end of the job's log. The client cuts that
+  block out of what users see and unpacks it into the local run directory. Outputs larger than
+  ``max_output_mb`` are not sent (the log says so; write big artifacts to your own storage).
+  Metrics therefore arrive when the run ends, while the log streams live.
+- **status / logs / cancel** map Ray's job status, ``get_job_logs`` (resumable by byte offset)
+  and ``stop_job`` (SIGTERM, then SIGKILL after Ray's grace period) to the run contract.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import json
+import logging
+import os
+import shutil
+import sys
+import tarfile
+import time
+import uuid
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from runner import hookimpl
+from runner.backend import (
+    Backend,
+    BackendConfig,
+    EnvSpec,
+    Prepared,
+    RunHandle,
+    RunSpec,
+    RunState,
+    RunStatus,
+)
+from runner.bundle import cache_root, worker_bundle
+from runner.environment import env_inputs, env_key, expand_requirements, explain_miss
+from runner.errors import UserError
+from runner.rundir import RunDir, write_json_atomic
+
+BEGIN = "@@runner-results"
+END = "@@runner-results-end"
+_SENT = ("status.json", "metrics.jsonl", "worker.json", "outputs")
+_RAY_STATES = {"PENDING": RunState.QUEUED, "RUNNING": RunState.RUNNING}
+
+
+@dataclass
+class RayConfig(BackendConfig):
+    backend: str = "ray"  # this backend
+    slots: int = 0  # runs at once in a sweep; 0 = submit every job and let Ray place them
+    gpus: str | None = None  # not used: Ray assigns GPUs (see num_gpus)
+    address: str = "http://127.0.0.1:8265"  # the cluster's dashboard (Jobs API) address
+    num_cpus: float = 1.0  # CPUs Ray reserves for each run (where it runs, how many at once)
+    num_gpus: float = 0.0  # GPUs Ray reserves for each run; Ray sets CUDA_VISIBLE_DEVICES
+    memory_mb: int | None = None  # memory Ray reserves for each run, in MiB
+    python: str = "python"  # the interpreter on the cluster's nodes (inside the runtime env)
+    max_output_mb: float = 64.0  # outputs larger than this stay on the cluster (log says so)
+    stop_timeout: float = 30.0  # seconds a cancel waits for Ray to report the run stopped
+
+
+def _client(address: str) -> Any:
+    # Ray is imported only here: `runner --help` and every other backend must not pay for it.
+    try:
+        from ray.job_submission import JobSubmissionClient
+    except ImportError:
+        raise UserError(
+            "the ray backend needs the Ray Jobs client, which is not installed.",
+            "install it: pip install 'runner[ray]'  (or: pip install 'ray[default]')",
+        ) from None
+    for name in ("ray", "ray.dashboard", "ray._private.runtime_env.packaging"):
+        logging.getLogger(name).setLevel(logging.WARNING)  # no "Uploading package" chatter
+    try:
+        return JobSubmissionClient(address)
+    except Exception as e:
+        raise UserError(
+            f"cannot reach the Ray cluster at {address}: {str(e).splitlines()[0] if str(e) else e!r}",
+            "check target.address (the dashboard's http address, port 8265 by default) and that "
+            "the head node is up: `ray status` on it.",
+        ) from None
+
+
+def _runtime_env(env: EnvSpec, bundle: Path, run_id: str | None, max_output_mb: float) -> dict[str, Any]:
+    if env.apt:
+        raise UserError(
+            f"env {env.name}: apt packages cannot be installed in a Ray runtime env.",
+            "bake them into an image that has Ray and set env.options.image_uri to it.",
+        )
+    renv: dict[str, Any] = {
+        "py_modules": [str(bundle / "runner"), str(bundle / "pluggy")],
+        "env_vars": {"PYTHONUNBUFFERED": "1", "RUNNER_RAY_MAX_OUTPUT_MB": str(max_output_mb)},
+    }
+    if env.python:
+        renv["env_vars"]["RUNNER_WANT_PYTHON"] = str(env.python)
+    if run_id:
+        renv["env_vars"]["RUNNER_RUN_ID"] = run_id
+    reqs = expand_requirements(env.requirements, env.root or Path.cwd())
+    if reqs:
+        renv["pip"] = {"packages": reqs, "pip_check": False}
+    image = (env.extra or {}).get("image_uri")
+    if image:
+        renv["image_uri"] = str(image)
+    return renv
+
+
+class RayHandle(RunHandle):
+    """A Ray job running the worker on the run directory."""
+
+    poll_interval = 0.5
+
+    def __init__(self, run_id: str, run_dir: Path, address: str, submission_id: str,
+                 stop_timeout: float = 30.0) -> None:
+        super().__init__(run_id)
+        self.rd = RunDir(run_dir)
+        self.address = address
+        self.submission_id = submission_id
+        self.stop_timeout = stop_timeout
+        self._c: Any = None
+
+    @property
+    def client(self) -> Any:
+        if self._c is None:
+            self._c = _client(self.address)
+        return self._c
+
+    @property
+    def locator(self) -> dict[str, Any]:
+        return {"address": self.address, "submission_id": self.submission_id}
+
+    @property
+    def _collected(self) -> Path:
+        return self.rd.path / ".ray-results"
+
+    def status(self) -> RunStatus:
+        if self._collected.exists():
+            st = self.rd.status()
+            if st is not None and st.terminal:
+                return st
+        try:
+            info = self.client.get_job_info(self.submission_id)
+        except Exception as e:
+            if "does not exist" in str(e) or "404" in str(e) or "not found" in str(e).lower():
+                return self._final(RunStatus(RunState.LOST, message=(
+                    f"the Ray cluster at {self.address} no longer knows job {self.submission_id}")))
+            raise
+        state = str(getattr(info.status, "value", info.status))
+        if state in _RAY_STATES:
+            return RunStatus(_RAY_STATES[state])
+        got = self._collect()
+        st = self.rd.status() if got else None
+        if st is not None and st.terminal:
+            return st
+        code = getattr(info, "driver_exit_code", None)
+        if state == "STOPPED" or self.rd.cancel_requested:
+            final = RunStatus(RunState.CANCELLED, exit_code=code, message="cancelled")
+        elif state == "SUCCEEDED":
+            final = RunStatus(RunState.LOST, exit_code=code,
+                              message="the Ray job ended without sending its results back")
+        else:
+            msg = (info.message or "").strip().splitlines()
+            final = RunStatus(RunState.FAILED, exit_code=code,
+                              message=f"Ray: {msg[-1] if msg else 'the job failed'}")
+        return self._final(final)
+
+    def _final(self, st: RunStatus) -> RunStatus:
+        self.rd.write_status(st)
+        self._collected.touch()
+        return st
+
+    def _raw_log(self) -> str:
+        try:
+            return str(self.client.get_job_logs(self.submission_id))
+        except Exception:
+            return ""
+
+    def _collect(self) -> bool:
+        """Unpack the results block of an ended job into the run directory; keep the log."""
+        text = self._raw_log()
+        lines = text.splitlines(keepends=True)
+        payload: list[str] | None = None
+        kept: list[str] = []
+        for line in lines:
+            if payload is None and line.startswith(BEGIN + " "):
+                payload = []
+            elif payload is not None and line.startswith(END):
+                break
+            elif payload is not None:
+                payload.append(line.strip())
+            else:
+                kept.append(line)
+        self.rd.log.write_text("".join(kept))
+        if payload is None:
+            return False
+        blob = base64.b64decode("".join(payload))
+        with tarfile.open(fileobj=io.BytesIO(blob), mode="r:gz") as tar:
+            tar.extractall(self.rd.path, filter="data")
+        self._collected.touch()
+        return True
+
+    def cancel(self) -> RunStatus:
+        st = self.status()
+        if st.terminal:
+            return st
+        self.rd.request_cancel()
+        try:
+            self.client.stop_job(self.submission_id)
+        except Exception as e:  # ended between the two calls
+            if not self.status().terminal:
+                raise RuntimeError(f"run {self.run_id}: Ray could not stop job "
+                                   f"{self.submission_id}: {e}") from e
+        st = self.wait(self.stop_timeout)
+        if not st.terminal:
+            raise RuntimeError(f"run {self.run_id}: Ray job {self.submission_id} still not "
+                               f"stopped after {self.stop_timeout:.0f}s")
+        return st
+
+    def logs(self, offset: int = 0) -> Iterator[tuple[int, str]]:
+        ended = self.status().terminal
+        data = self._raw_log().encode()
+        pos, hiding = 0, False
+        for raw in data.splitlines(keepends=True):
+            start = pos
+            pos += len(raw)
+            if not raw.endswith(b"\n") and not ended:
+                return
+            if raw.startswith(BEGIN.encode() + b" "):
+                hiding = True
+            if start >= offset and not hiding:
+                yield pos, raw.decode("utf-8", "replace")
+            if hiding and raw.startswith(END.encode()):
+                hiding = False
+
+    def fetch_outputs(self, dest: Path) -> None:
+        if not self.status().terminal:
+            raise RuntimeError(f"run {self.run_id} has not ended; its outputs come back when it does")
+        if Path(dest).resolve() != self.rd.path.resolve():
+            for name in (*_SENT, "log.txt"):
+                src = self.rd.path / name
+                if src.is_dir():
+                    shutil.copytree(src, Path(dest) / name, dirs_exist_ok=True)
+                elif src.exists():
+                    Path(dest).mkdir(parents=True, exist_ok=True)
+                    shutil.copy2(src, Path(dest) / name)
+
+
+class RayBackend(Backend):
+    """Runs on a Ray cluster through its Jobs API; see the module docstring."""
+
+    name = "ray"
+    Config = RayConfig
+    capabilities = frozenset({"cancel", "follow_logs", "outputs", "gpu", "remote"})
+    config: RayConfig
+
+    def _marker(self, key: str) -> Path:
+        cluster = hashlib.sha256(self.config.address.encode()).hexdigest()[:12]
+        return cache_root() / "ray" / cluster / f"{key}.json"
+
+    def prepare(self, spec: RunSpec) -> Prepared:
+        bundle, bundle_key = worker_bundle()
+        renv = _runtime_env(spec.env, bundle, None, self.config.max_output_mb)
+        inputs = env_inputs(spec.env, python=spec.env.python, runner_hash=bundle_key,
+                            cluster=self.config.address, image_uri=renv.get("image_uri"))
+        key = env_key(inputs)
+        details = {"runtime_env": renv, "bundle": str(bundle)}
+        if "pip" not in renv and "image_uri" not in renv:
+            return Prepared(key, True, "cached (nothing to build: the cluster's own Python, "
+                                       "the runner travels with each job)", details)
+        marker = self._marker(key)
+        if marker.exists():
+            return Prepared(key, True, "cached", details)
+        seen = [json.loads(p.read_text()) for p in marker.parent.glob("*.json")] \
+            if marker.parent.is_dir() else []
+        reason = explain_miss(inputs, seen)
+        print(f"[runner] env {spec.env.name}: {reason}; building the runtime env on the Ray "
+              f"cluster at {self.config.address}", flush=True)
+        self._warm_up(renv, key)
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(marker, inputs)
+        return Prepared(key, False, reason, details)
+
+    def _warm_up(self, renv: Mapping[str, Any], key: str) -> None:
+        client = _client(self.config.address)
+        sid = client.submit_job(entrypoint=f"{self.config.python} -c 'import runner.worker'",
+                                runtime_env=dict(renv), submission_id=f"runner-prepare-{key}-"
+                                + uuid.uuid4().hex[:6], entrypoint_num_cpus=0)
+        while True:
+            st = str(client.get_job_status(sid).value)
+            if st not in ("PENDING", "RUNNING"):
+                break
+            time.sleep(1)
+        if st != "SUCCEEDED":
+            tail = "".join(client.get_job_logs(sid).splitlines(keepends=True)[-15:])
+            info = client.get_job_info(sid)
+            raise UserError(f"the Ray cluster could not build the runtime env (job {sid}: {st}).",
+                            (info.message or "").strip(), tail.strip())
+
+    def submit(self, spec: RunSpec, prepared: Prepared) -> RunHandle:
+        client = _client(self.config.address)
+        bundle = Path(str(prepared.details.get("bundle") or worker_bundle()[0]))
+        renv = _runtime_env(spec.env, bundle, spec.run_id, self.config.max_output_mb)
+        renv["working_dir"] = str(spec.run_dir)
+        gpus = self.config.num_gpus
+        if not gpus and spec.gpus not in (None, ""):
+            gpus = 1 if spec.gpus == "all" else len(str(spec.gpus).split(","))
+        sid = f"runner-{spec.run_id}-{uuid.uuid4().hex[:6]}"
+        try:
+            client.submit_job(
+                entrypoint=f"{self.config.python} -m runner.plugins.ray",
+                submission_id=sid, runtime_env=renv,
+                entrypoint_num_cpus=self.config.num_cpus, entrypoint_num_gpus=gpus or None,
+                entrypoint_memory=self.config.memory_mb * 2**20 if self.config.memory_mb else None,
+                metadata={"runner_run_id": spec.run_id, **{k: str(v) for k, v in spec.labels.items()}},
+            )
+        except UserError:
+            raise
+        except Exception as e:
+            raise UserError(f"the Ray cluster at {self.config.address} refused the run: "
+                            f"{str(e).splitlines()[0] if str(e) else e!r}") from None
+        return RayHandle(spec.run_id, spec.run_dir, self.config.address, sid, self.config.stop_timeout)
+
+    def reattach(self, run_id: str, run_dir: Path, locator: Mapping[str, Any]) -> RunHandle:
+        return RayHandle(run_id, run_dir, str(locator["address"]), str(locator["submission_id"]),
+                         self.config.stop_timeout)
+
+
+@hookimpl
+def runner_register_backends(register: Any) -> None:
+    register(RayBackend)
+
+
+# -- on the cluster -------------------------------------------------------------------------------
+
+def _pack(rd: Path, limit: float) -> tuple[bytes, str]:
+    """The results of the run in ``rd`` as a .tar.gz; outputs over ``limit`` MiB stay behind."""
+    outputs = rd / "outputs"
+    size = sum(p.stat().st_size for p in outputs.rglob("*") if p.is_file()) if outputs.is_dir() else 0
+    note = ""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for name in _SENT:
+            p = rd / name
+            if not p.exists() or (name == "outputs" and size > limit * 2**20):
+                continue
+            tar.add(p, arcname=name)
+    if size > limit * 2**20:
+        note = (f"[runner] outputs/ holds {size / 2**20:.1f} MiB, over max_output_mb={limit:g}: "
+                f"not sent back; they stay in {outputs} on {os.uname().nodename}")
+    return buf.getvalue(), note
+
+
+def _entry() -> int:
+    """``python -m runner.plugins.ray``: run the worker in the job's working dir (the run
+    directory), then print its results into the job's log for the client to collect."""
+    from runner import worker
+
+    rd = Path.cwd()
+    want = os.environ.get("RUNNER_WANT_PYTHON")
+    import platform
+
+    if want and not (platform.python_version() + ".").startswith(want + "."):
+        print(f"[runner] error: env.python is {want} but this Ray node runs Python "
+              f"{platform.python_version()}; use an image with that Python (env.options.image_uri)",
+              flush=True)
+        RunDir(rd).write_status(RunStatus(RunState.FAILED, exit_code=1,
+                                    message=f"Python {want} wanted, {platform.python_version()} found"))
+        code = 1
+    else:
+        code = worker.run(rd)
+    blob, note = _pack(rd, float(os.environ.get("RUNNER_RAY_MAX_OUTPUT_MB", "64")))
+    if note:
+        print(note, flush=True)
+    text = base64.b64encode(blob).decode()
+    out = [f"\n{BEGIN} {len(blob)} {hashlib.sha256(blob).hexdigest()}\n"]
+    out += [text[i:i + 76] + "\n" for i in range(0, len(text), 76)]
+    out.append(END + "\n")
+    sys.stdout.write("".join(out))
+    sys.stdout.flush()
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(_entry())
