@@ -36,7 +36,7 @@ class ScriptModel(Model):
         c = self.config
         return f"script {c.path or '-m ' + str(c.module)}"
 
-    def validate(self, project_root: Path) -> None:
+    def validate(self, project_root: Path, data: dict[str, Any]) -> None:
         c = self.config
         if bool(c.path) == bool(c.module):
             raise UserError(

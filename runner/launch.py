@@ -41,6 +41,7 @@ class Plan:
     env: EnvSpec
     model: Model
     seed: int
+    data: dict[str, Any]  #: the data config after the model validated (and normalized) it
 
 
 def _job_values(cfg: DictConfig) -> dict[str, Any]:
@@ -81,12 +82,13 @@ class Runs:
         backend_cls, target_conf = conf.target_config(cfg, target_name, self.registry, self.dirs)
         env = conf.env_spec(cfg, choices.get("env", "?"), self.dirs, self.project_root)
         model = conf.model_instance(cfg, choices.get("model", "?"), self.registry, self.dirs)
-        model.validate(self.project_root)
+        data = _job_values(cfg).get("data") or {}
+        model.validate(self.project_root, data)
         seed = cfg.get("seed", 0)
         if not isinstance(seed, int):
             raise UserError(f"seed: must be an integer, got {seed!r}.")
         return Plan(cfg, list(overrides), dict(choices), target_name, backend_cls(target_conf),
-                    env, model, seed)
+                    env, model, seed, data)
 
     def backend_for(self, record: RunRecord) -> Backend:
         meta = RunDir(record.run_dir).meta()
@@ -118,7 +120,7 @@ class Runs:
             "model_config": {**dataclasses.asdict(plan.model.config),
                              **{k: v for k, v in values.get("model", {}).items()
                                 if env_ref(v)}},
-            "data": values.get("data") or {},
+            "data": plan.data,
             "env": values.get("env") or {},
             "seed": plan.seed,
             "gpus": gpus,

@@ -65,9 +65,12 @@ class Model(ABC):
         names = {f.name for f in dataclasses.fields(cls.Config)}
         return cls(cls.Config(**{k: v for k, v in values.items() if k in names}))
 
-    def validate(self, project_root: Path) -> None:  # noqa: B027 - optional hook
-        """Check the config on the client before anything is submitted (a missing script,
-        a bad path). Raise :class:`runner.errors.UserError` with a clear message."""
+    def validate(self, project_root: Path, data: dict[str, Any]) -> None:  # noqa: B027
+        """Check the model config and the ``data`` config on the client, before anything is
+        submitted (a missing script, an unknown data key). Raise
+        :class:`runner.errors.UserError` with a clear message. May normalize in place what
+        must travel differently (a path relative to the user's directory made absolute);
+        the run's request carries the result."""
 
     def describe(self) -> str:
         """One line for tables (``runner runs``): the model and its key setting."""

@@ -108,13 +108,13 @@ def _packages() -> dict[str, str]:
     return dict(sorted(out.items(), key=lambda kv: kv[0].lower()))
 
 
-def seed_everything(seed: int, *, numpy: bool = True) -> None:
+def seed_everything(seed: int, *, seed_numpy: bool = True) -> None:
     """Seed Python's and (when installed) NumPy's RNGs; frameworks are seeded by models.
     Child processes get the seed as ``RUNNER_SEED`` (and ``PYTHONHASHSEED``)."""
     random.seed(seed)
     os.environ["PYTHONHASHSEED"] = str(seed)
     os.environ["RUNNER_SEED"] = str(seed)
-    if not numpy:
+    if not seed_numpy:
         return
     try:
         import numpy  # cheap when present; models use it for data shuffling
@@ -225,7 +225,7 @@ def run(run_dir: Path) -> int:
                 f"(available: {', '.join(sorted(registry.models))})"
             )
         model_cls = registry.models[request["model"]]
-        seed_everything(int(request["seed"]), numpy=not model_cls.runs_in_subprocess)
+        seed_everything(int(request["seed"]), seed_numpy=not model_cls.runs_in_subprocess)
         model = model_cls.from_mapping(resolve_env_refs(request.get("model_config") or {}))
         ctx = _Context(rd, request, info)
         os.chdir(ctx.work_dir)

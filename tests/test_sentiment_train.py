@@ -129,13 +129,30 @@ def test_imdb_format_file_trains_and_predicts_raw_text(proj: Path, tmp_path: Pat
     assert good > 0.5 > bad
 
 
-def test_bad_data_key_fails_the_run_with_one_line(proj: Path, tmp_path: Path) -> None:
+def test_bad_data_key_is_refused_before_submitting(proj: Path, tmp_path: Path) -> None:
     data = write_pos_neg(tmp_path / "data", n=20)
     res = runner(["submit", "model=sentiment_cnn", "data=text_files", f"data.path={data}",
                   "+data.colums=2"], proj, tmp_path / "cache")
-    assert res.returncode == 1
+    assert res.returncode == 2
     assert "data.colums is not a key of data=text_files" in res.stderr
+    assert "valid keys: " in res.stderr and "label_column" in res.stderr
     assert "Traceback" not in res.stdout + res.stderr
+    assert not (proj / ".runner" / "runs").exists() or not any((proj / ".runner" / "runs").iterdir())
+
+
+def test_a_relative_data_path_is_taken_from_where_the_user_stands(proj: Path, tmp_path: Path) -> None:
+    import json
+
+    from runner.store import Store
+
+    write_pos_neg(proj / "reviews", n=20)
+    res = runner(["submit", "--detach", "model=sentiment_cnn", "data=text_files",
+                  "data.path=reviews", "model.epochs=1"], proj, tmp_path / "cache")
+    assert res.returncode == 0, res.stderr
+    rec = Store(proj / ".runner").list(limit=1)[0]
+    request = json.loads((rec.run_dir / "request.json").read_text())
+    assert request["data"]["path"] == str((proj / "reviews").resolve())
+    runner(["cancel", rec.id], proj, tmp_path / "cache")
 
 
 def test_bad_model_value_is_refused_before_submitting(proj: Path, tmp_path: Path) -> None:

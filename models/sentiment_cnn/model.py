@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from runner.errors import UserError
 from runner.model import Model, RunContext
@@ -56,7 +57,8 @@ class SentimentCNN(Model):
         widths = ",".join(str(k) for k in c.kernel_sizes)
         return f"sentiment_cnn {c.filters}x[{widths}] emb {c.embedding_dim}, {c.epochs} epochs"
 
-    def validate(self, project_root: Path) -> None:
+    def validate(self, project_root: Path, data: dict[str, Any]) -> None:
+        _validate_data(data)
         c = self.config
         where = f"model={c.name}"
 
@@ -99,3 +101,27 @@ class SentimentCNN(Model):
         from runner.models.sentiment_cnn import training
 
         return training.predict(Path(outputs_dir), list(inputs))
+
+
+def _validate_data(data: dict[str, Any]) -> None:
+    """Check the data keys on the client and make a relative ``data.path`` absolute (the run
+    works in a snapshot of the project, not in the user's directory). Whether the path exists
+    is checked on the target, where the data must be."""
+    # the key tables live with the loaders; importing them costs NumPy (~0.1 s), not Keras
+    from runner.models.sentiment_cnn import datasets
+
+    name = data.get("name")
+    if name not in datasets.SOURCES:
+        raise UserError(f"data.name={name!r} is not a data source of sentiment_cnn.",
+                        f"valid: {', '.join(sorted(datasets.SOURCES))} "
+                        "(data=imdb, or data=text_files data.path=DIR)")
+    valid = datasets.COMMON | datasets.SOURCES[name]
+    unknown = sorted(set(data) - valid)
+    if unknown:
+        raise UserError(f"data.{unknown[0]} is not a key of data={name} for sentiment_cnn.",
+                        f"valid keys: {', '.join(sorted(valid))}")
+    path = data.get("path")
+    if isinstance(path, str) and path and not Path(path).expanduser().is_absolute():
+        local = Path.cwd() / path
+        if local.exists():
+            data["path"] = str(local.resolve())
