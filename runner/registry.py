@@ -18,6 +18,7 @@ from runner.model import Model
 BUILTIN_PLUGINS = (
     "runner.plugins.local",
     "runner.plugins.local_docker",
+    "runner.plugins.remote_docker",
     "runner.plugins.ray",
     "runner.models.script",
     "runner.models.sentiment_cnn",

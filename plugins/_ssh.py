@@ -1,0 +1,527 @@
+"""The SSH layer of the remote backends: one connection per host, host keys checked against a
+known_hosts file the target names, commands run as exec channels with binary stdin/stdout, and a
+dropped connection reopened for commands that are safe to repeat.
+
+fabric resolves what ``ssh`` would (an ssh_config file's ``Host`` aliases, ``HostName``, ``User``,
+``Port``, ``IdentityFile`` and ``ProxyCommand``); the exec channels are paramiko's, underneath it,
+because the runner streams tar archives both ways and needs bytes, not text.
+
+Host keys are never accepted silently: an unknown host fails with its SHA256 fingerprint and the
+command that trusts it; a changed key fails louder. No password is ever read or stored: keys and
+the SSH agent only.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import secrets
+import shlex
+import socket
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from runner.errors import UserError
+from runner.plugins._docker import Result
+
+
+@dataclass(frozen=True)
+class SSHSettings:
+    """Where and how to connect; ``None`` fields come from the ssh_config file or defaults."""
+
+    host: str  # a hostname, an address, or a Host alias of the ssh_config file
+    user: str | None = None  # login user (default: ssh_config's User, else the local user)
+    port: int | None = None  # default: ssh_config's Port, else 22
+    key: str | None = None  # private key file; the agent and ssh_config's IdentityFile too
+    ssh_config: str | None = None  # ssh_config file (default: ~/.ssh/config when it exists)
+    known_hosts: str | None = None  # default: ssh_config's UserKnownHostsFile, else ~/.ssh/known_hosts
+    connect_timeout: float = 15.0  # seconds to wait for the TCP connection and the handshake
+
+
+def fingerprint(key: Any) -> str:
+    """OpenSSH's fingerprint of a host key: ``SHA256:`` + unpadded base64 of its hash."""
+    digest = hashlib.sha256(key.asbytes()).digest()
+    return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
+
+
+class UnknownHostKey(Exception):
+    """The server offered a key that the known_hosts file does not have."""
+
+    def __init__(self, name: str, key: Any) -> None:
+        super().__init__(name)
+        self.name = name  # the known_hosts name: host, or [host]:port
+        self.key = key
+        self.fingerprint = fingerprint(key)
+
+
+class ConnectionLost(Exception):
+    """The SSH connection dropped while a command ran (the command's outcome is unknown)."""
+
+
+def _known_hosts_policy(trust: str | None, known_hosts: Path) -> Any:
+    import paramiko  # deferred: paramiko pulls in cryptography (slow to import)
+
+    class Policy(paramiko.MissingHostKeyPolicy):
+        """Refuse unknown host keys, except the one whose fingerprint the user vouched for."""
+
+        def missing_host_key(self, client: Any, hostname: str, key: Any) -> None:
+            if trust is not None and fingerprint(key) == trust:
+                add_known_host(known_hosts, hostname, key)
+                client.get_host_keys().add(hostname, key.get_name(), key)
+                return
+            raise UnknownHostKey(hostname, key)
+
+    return Policy()
+
+
+def add_known_host(path: Path, name: str, key: Any) -> None:
+    """Append ``name``'s key to a known_hosts file (created 0600 with its folder if missing)."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        os.write(fd, f"{name} {key.get_name()} {key.get_base64()}\n".encode())
+    finally:
+        os.close(fd)
+
+
+class Session:
+    """One SSH connection to one host, opened on first use and reopened after a drop.
+
+    ``trust`` is a ``SHA256:...`` fingerprint the user vouched for (``runner attach
+    --trust-host-key``): that key, and only that key, is added to the known_hosts file.
+    ``trust_hint`` is the command a refusal of an unknown key tells the user to run.
+    """
+
+    def __init__(self, settings: SSHSettings, *, trust: str | None = None,
+                 trust_hint: str | None = None) -> None:
+        self.settings = settings
+        self.trust = trust
+        self.trust_hint = trust_hint
+        self._conn: Any = None
+        self._sh: _Shell | None = None
+        self._sftp: Any = None
+        self._lock = threading.RLock()
+        self.reconnects = 0  # how many times a dropped connection was reopened
+        self._opened = False
+
+    # -- description ---------------------------------------------------------------------------
+    @property
+    def label(self) -> str:
+        """``user@host:port`` as resolved (the alias's real address after connecting)."""
+        c = self._conn
+        if c is None:
+            s = self.settings
+            user = f"{s.user}@" if s.user else ""
+            return f"{user}{s.host}" + (f":{s.port}" if s.port else "")
+        alias = f" ({self.settings.host})" if c.host != self.settings.host else ""
+        return f"{c.user}@{c.host}:{c.port}{alias}"
+
+    def known_hosts_path(self, conn: Any = None) -> Path:
+        """The known_hosts file used: the target's, else ssh_config's, else ~/.ssh/known_hosts."""
+        if self.settings.known_hosts:
+            return Path(self.settings.known_hosts).expanduser()
+        conf = conn.ssh_config if conn is not None else {}
+        files = conf.get("userknownhostsfile")
+        if files:
+            first = files.split()[0] if isinstance(files, str) else files[0]
+            return Path(first).expanduser()
+        return Path("~/.ssh/known_hosts").expanduser()
+
+    # -- connecting ----------------------------------------------------------------------------
+    def _new_connection(self) -> Any:
+        # deferred: fabric imports paramiko and invoke; `runner --help` must not pay for them
+        from fabric import Config, Connection
+
+        s = self.settings
+        if s.ssh_config:
+            path = Path(s.ssh_config).expanduser()
+            if not path.is_file():
+                raise UserError(f"ssh_config file {path} does not exist.",
+                                "fix target.ssh_config (or --ssh-config), or leave it out to use "
+                                "~/.ssh/config.")
+            config = Config(runtime_ssh_path=str(path))
+        else:
+            config = Config()
+        connect_kwargs: dict[str, Any] = {}
+        if s.key:
+            key = Path(s.key).expanduser()
+            if not key.is_file():
+                raise UserError(f"SSH key {key} does not exist.",
+                                "pass the private key file (not the .pub) with --key / target.key.")
+            connect_kwargs["key_filename"] = [str(key)]
+        return Connection(s.host, user=s.user or None, port=s.port or None, config=config,
+                          connect_timeout=int(s.connect_timeout), connect_kwargs=connect_kwargs)
+
+    def connect(self) -> Any:
+        """Open the connection (if not open); turn every way of failing into a clear UserError."""
+        import paramiko
+
+        with self._lock:
+            if self._conn is not None and self._conn.is_connected \
+                    and self._conn.transport is not None and self._conn.transport.is_active():
+                return self._conn
+            self._close_quietly()
+            conn = self._new_connection()
+            known = self.known_hosts_path(conn)
+            if known.is_file():
+                conn.client.load_host_keys(str(known))
+            conn.client.set_missing_host_key_policy(_known_hosts_policy(self.trust, known))
+            where = f"{conn.user}@{conn.host}:{conn.port}" + (
+                f" ({self.settings.host})" if conn.host != self.settings.host else "")
+            try:
+                conn.open()
+            except UnknownHostKey as e:
+                conn.close()
+                hint = self.trust_hint or "runner attach NAME --host HOST"
+                given = (f"the fingerprint given ({self.trust}) does not match the host's."
+                         if self.trust else "")
+                raise UserError(
+                    f"cannot reach {where}: host key not in {known}.",
+                    *([given] if given else []),
+                    f"the host offered a {e.key.get_name()} key with fingerprint {e.fingerprint}",
+                    "check it against the host's own (on the host: `ssh-keygen -lf "
+                    "/etc/ssh/ssh_host_ed25519_key.pub`), then trust it:",
+                    f"  {hint} --trust-host-key {e.fingerprint}",
+                ) from None
+            except paramiko.BadHostKeyException as e:
+                conn.close()
+                raise UserError(
+                    f"cannot reach {where}: its host key CHANGED (now {fingerprint(e.key)}; "
+                    f"{known} has {fingerprint(e.expected_key)}).",
+                    "someone may be intercepting the connection, or the host was reinstalled.",
+                    f"if you know it was reinstalled: ssh-keygen -R {e.hostname} -f {known}, "
+                    "then attach again with --trust-host-key.",
+                ) from None
+            except paramiko.PasswordRequiredException:
+                conn.close()
+                raise UserError(f"cannot log in to {where}: the key is protected by a passphrase.",
+                                "load it into the SSH agent (`ssh-add KEY`); the runner never asks "
+                                "for or stores passphrases or passwords.") from None
+            except paramiko.AuthenticationException as e:
+                conn.close()
+                keys = conn.connect_kwargs.get("key_filename") or []
+                tried = ", ".join(str(k) for k in keys) or "the SSH agent's keys"
+                raise UserError(
+                    f"cannot log in to {where}: the server refused the key(s) tried ({tried}): {e}",
+                    f"install the public key on the host (e.g. `ssh-copy-id -i KEY.pub -p "
+                    f"{conn.port} {conn.user}@{conn.host}`), or give the right one with --key / "
+                    "target.key. Passwords are never used.",
+                ) from None
+            except (paramiko.SSHException, OSError, EOFError) as e:
+                conn.close()
+                proxy = conn.ssh_config.get("proxycommand")
+                via = f" through ProxyCommand `{proxy}`" if proxy else ""
+                cause = str(e) or type(e).__name__
+                if isinstance(e, socket.timeout | TimeoutError):
+                    cause = f"no answer within {self.settings.connect_timeout:.0f} s"
+                raise UserError(
+                    f"cannot reach {where}{via}: {cause}.",
+                    "check the host name, port and that sshd runs there (`ssh -v` shows the same "
+                    "path); an alias must be defined in the ssh_config file the target names.",
+                ) from None
+            if self._opened:
+                self.reconnects += 1
+            self._opened = True
+            self._conn = conn
+            return conn
+
+    def _close_quietly(self) -> None:
+        if self._sh is not None:
+            self._sh.close()
+            self._sh = None
+        if self._sftp is not None:
+            try:
+                self._sftp.close()
+            except Exception:
+                pass
+            self._sftp = None
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except Exception:
+                pass
+            self._conn = None
+
+    def close(self) -> None:
+        with self._lock:
+            self._close_quietly()
+
+    def drop(self) -> None:
+        """Forget the connection (after a failure) so the next command reconnects."""
+        with self._lock:
+            self._close_quietly()
+
+    def transport(self) -> Any:
+        return self.connect().transport
+
+    # -- commands ------------------------------------------------------------------------------
+    # Every command goes through one long-lived `sh` on the host: a login shell's rc files (a
+    # conda or pyenv init) run once per connection, not once per command. Bytes (tar archives,
+    # logs, status files) go through SFTP, which starts no shell at all.
+    def _shell(self) -> _Shell:
+        with self._lock:
+            conn = self.connect()
+            if self._sh is None or self._sh.closed:
+                self._sh = _Shell(conn.transport, self.settings.connect_timeout, self.label)
+            return self._sh
+
+    def sftp(self) -> Any:
+        """The connection's SFTP client (opened once)."""
+        import paramiko
+
+        with self._lock:
+            conn = self.connect()
+            if self._sftp is None:
+                try:
+                    self._sftp = conn.client.open_sftp()
+                except (paramiko.SSHException, OSError, EOFError) as e:
+                    raise UserError(f"{self.label}: the SFTP subsystem is not available ({e}).",
+                                    "enable it in the host's sshd_config (`Subsystem sftp "
+                                    "internal-sftp`); the runner moves files with it.") from None
+            return self._sftp
+
+    def run(self, command: str, *, timeout: float | None = None, retry: bool = True,
+            sink: Callable[[bytes], None] | None = None) -> Result:
+        """Run a shell command on the host (stdin is /dev/null) and capture it.
+
+        ``retry``: the command is safe to repeat, so a dropped connection is reopened and the
+        command run again (once). ``sink`` receives stdout as it arrives instead of capturing it.
+        """
+        attempts = 2 if retry else 1
+        for attempt in range(attempts):
+            try:
+                with self._lock:  # one shell per connection: one command at a time
+                    return self._shell().run(command, timeout=timeout, sink=sink)
+            except ConnectionLost:
+                self.drop()
+                if attempt + 1 == attempts:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _file_op(self, op: Callable[[Any], Any], retry: bool = True) -> Any:
+        import paramiko
+
+        for attempt in range(2 if retry else 1):
+            try:
+                with self._lock:
+                    return op(self.sftp())
+            except (FileNotFoundError, PermissionError):
+                raise
+            except OSError as e:
+                if e.errno is not None:  # a real file error reported by the server
+                    raise
+                self.drop()
+                if attempt or not retry:
+                    raise ConnectionLost(str(e)) from e
+            except (paramiko.SSHException, EOFError) as e:
+                self.drop()
+                if attempt or not retry:
+                    raise ConnectionLost(str(e) or type(e).__name__) from e
+        raise AssertionError("unreachable")
+
+    def read_file(self, path: str, offset: int = 0) -> bytes | None:
+        """The bytes of a remote file past ``offset``; None when it does not exist."""
+        def op(sftp: Any) -> bytes:
+            with sftp.open(path, "rb") as f:
+                f.seek(offset)
+                size = f.stat().st_size
+                if size <= offset:
+                    return b""
+                f.prefetch(size - offset)
+                return bytes(f.read(size - offset))
+        try:
+            return self._file_op(op)  # type: ignore[no-any-return]
+        except FileNotFoundError:
+            return None
+
+    def write_file(self, path: str, data: bytes, mode: int = 0o644) -> None:
+        """Write a remote file (not atomic: callers write to a temporary name and rename)."""
+        def op(sftp: Any) -> None:
+            with sftp.open(path, "wb") as f:
+                f.set_pipelined(True)
+                for i in range(0, len(data), 1 << 18):
+                    f.write(data[i:i + (1 << 18)])
+            sftp.chmod(path, mode)
+        self._file_op(op)
+
+    def get_file(self, path: str, sink: Callable[[bytes], None]) -> None:
+        """Stream a remote file into ``sink``."""
+        def op(sftp: Any) -> None:
+            with sftp.open(path, "rb") as f:
+                size = f.stat().st_size
+                f.prefetch(size)
+                done = 0
+                while done < size:
+                    chunk = f.read(min(1 << 20, size - done))
+                    if not chunk:
+                        break
+                    done += len(chunk)
+                    sink(chunk)
+        self._file_op(op, retry=False)
+
+
+class _Shell:
+    """A long-lived ``sh`` on an exec channel; commands are framed by a random token."""
+
+    def __init__(self, transport: Any, timeout: float, label: str) -> None:
+        import paramiko
+
+        self.label = label
+        self.closed = False
+        self._err = bytearray()
+        self._cond = threading.Condition()
+        try:
+            self.chan = transport.open_session(timeout=timeout)
+            # the login shell runs its rc files once, then hands over to a plain sh
+            self.chan.exec_command("exec sh")
+        except (paramiko.SSHException, OSError, EOFError) as e:
+            raise ConnectionLost(str(e) or type(e).__name__) from e
+        threading.Thread(target=self._read_stderr, daemon=True).start()
+        self._out = bytearray()
+        r = self.run("true", timeout=max(timeout, 60))  # whatever the rc files printed is skipped
+        if r.returncode != 0:
+            raise ConnectionLost(f"the shell on {label} did not start: {r.stderr.strip()}")
+
+    def _read_stderr(self) -> None:
+        try:
+            while True:
+                chunk = self.chan.recv_stderr(65536)
+                if not chunk:
+                    break
+                with self._cond:
+                    self._err.extend(chunk)
+                    self._cond.notify_all()
+        except Exception:
+            pass
+        with self._cond:
+            self.closed = True
+            self._cond.notify_all()
+
+    def run(self, command: str, *, timeout: float | None,
+            sink: Callable[[bytes], None] | None = None) -> Result:
+        import paramiko
+
+        token = secrets.token_hex(12).encode()
+        script = (f"( {command}\n) </dev/null; printf '\\n%s %d\\n' {token.decode()} $?; "
+                  f"printf '%s\\n' {token.decode()} >&2\n")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        marker = b"\n" + token + b" "
+        out = bytearray()
+        buf = self._out
+        try:
+            self.chan.sendall(script.encode())
+            while True:
+                i = buf.find(marker)
+                if i >= 0:
+                    j = buf.find(b"\n", i + len(marker))
+                    if j >= 0:
+                        code = int(buf[i + len(marker):j])
+                        body, rest = bytes(buf[:i]), bytes(buf[j + 1:])
+                        buf[:] = rest
+                        break
+                # pass on what cannot be part of the marker
+                keep = len(marker) + 8
+                if sink is not None and len(buf) > keep:
+                    sink(bytes(buf[:-keep]))
+                    del buf[:-keep]
+                if deadline is not None:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise TimeoutError
+                    self.chan.settimeout(left)
+                else:
+                    self.chan.settimeout(None)
+                chunk = self.chan.recv(1 << 16)
+                if not chunk:
+                    raise ConnectionLost(f"the connection to {self.label} dropped")
+                buf.extend(chunk)
+        except TimeoutError:
+            self.close()
+            return Result(124, "", f"no answer from {self.label} within {timeout} s: "
+                                   f"{command[:80]}")
+        except (paramiko.SSHException, OSError, EOFError) as e:
+            self.close()
+            raise ConnectionLost(str(e) or type(e).__name__) from e
+        except ConnectionLost:
+            self.close()
+            raise
+        if sink is not None:
+            if body:
+                sink(body)
+        else:
+            out.extend(body)
+        # stderr: everything up to this command's token
+        err_marker = token + b"\n"
+        with self._cond:
+            end = time.monotonic() + 10
+            while err_marker not in self._err and not self.closed and time.monotonic() < end:
+                self._cond.wait(0.5)
+            k = self._err.find(err_marker)
+            if k >= 0:
+                err = bytes(self._err[:k])
+                del self._err[:k + len(err_marker)]
+            else:
+                err = bytes(self._err)
+                self._err.clear()
+        return Result(code, out.decode("utf-8", "replace"), err.decode("utf-8", "replace"))
+
+    def close(self) -> None:
+        self.closed = True
+        try:
+            self.chan.close()
+        except Exception:
+            pass
+
+
+class SSHExecutor:
+    """Runs docker command lines on the host through a :class:`Session` (the
+    :class:`runner.plugins._docker.Executor` protocol). ``raw`` words (the target's configured
+    docker command, e.g. ``sudo docker``) are passed to the remote shell as written."""
+
+    def __init__(self, session: Session, raw: Sequence[str] = ()) -> None:
+        self.session = session
+        self.raw = set(raw)
+
+    def command(self, argv: Sequence[str]) -> str:
+        return " ".join(a if a in self.raw else shlex.quote(a) for a in argv)
+
+    def _with_input(self, command: str, input: bytes | None) -> tuple[str, bool]:
+        """``command`` reading ``input`` from a file sent by SFTP first (the shell's own stdin
+        carries the commands)."""
+        if input is None:
+            return command, True
+        path = f"/tmp/.runner-input-{secrets.token_hex(8)}"
+        self.session.write_file(path, input, mode=0o600)
+        return f"{command} <{path}; rc=$?; rm -f {path}; exit $rc", False
+
+    def run(self, argv: Sequence[str], *, input: bytes | None = None,
+            timeout: float | None = None) -> Result:
+        command, safe = self._with_input(self.command(argv), input)
+        return self.session.run(command, timeout=timeout, retry=safe)
+
+    def stream(self, argv: Sequence[str], *, input: bytes | None = None,
+               on_line: Callable[[str], None]) -> Result:
+        pending = bytearray()
+        tail: list[str] = []
+
+        def sink(chunk: bytes) -> None:
+            pending.extend(chunk)
+            while b"\n" in pending:
+                line, _, rest = bytes(pending).partition(b"\n")
+                pending[:] = rest
+                text = line.decode("utf-8", "replace")
+                on_line(text)
+                tail.append(text)
+                del tail[:-20]
+
+        # 2>&1: docker build reports progress on stderr; the caller wants one ordered stream
+        command, _ = self._with_input(self.command(argv) + " 2>&1", input)
+        r = self.session.run(command, sink=sink, retry=False)
+        if pending:
+            sink(b"\n")
+        return Result(r.returncode, "", "\n".join(tail + ([r.stderr] if r.stderr else [])))

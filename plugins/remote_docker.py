@@ -1,0 +1,936 @@
+"""The ``remote_docker`` backend: a GPU box reached over SSH runs each run in a labelled Docker
+container, with env images built there under the same content key as ``local_docker``.
+
+What crosses the wire, and when::
+
+    prepare   one command: docker answers, the work dir is writable and has room, the base
+              image's ID and the env images present (a cache hit costs nothing more)
+    submit    one command asks which code objects (by sha256) the host lacks; one SFTP upload
+              of a tar holding only those plus the small request files; one command unpacks,
+              assembles the run directory and starts the container (within the host's slots)
+    watch     status: one command (status.json + docker's view); logs: an SFTP read from a
+              byte offset (a dropped connection is reopened; nothing is lost or repeated)
+    end       the run directory (without code/) comes back as a tar, extracted safely and
+              within a size cap; the container is removed and verified gone
+
+Remote layout under ``work_dir``: ``objects/SHA256`` (the content store), ``runs/RUN_ID/``
+(the run directory mounted into the container), ``incoming/`` and ``outgoing/`` (transfers).
+The plugin also registers ``runner attach`` (see :func:`attach_command`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import math
+import os
+import shlex
+import sys
+import tarfile
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from runner import hookimpl
+from runner.backend import (
+    Backend,
+    BackendConfig,
+    Check,
+    Command,
+    Prepared,
+    RunHandle,
+    RunSpec,
+    RunState,
+    RunStatus,
+)
+from runner.bundle import worker_bundle
+from runner.environment import env_inputs, env_key
+from runner.errors import UserError
+from runner.plugins import _docker as dk
+from runner.plugins._ssh import ConnectionLost, Session, SSHExecutor, SSHSettings
+from runner.rundir import CODE, LOG, OUTPUTS, RunDir, write_json_atomic
+
+NETWORKS = ("default", "host", "none")
+#: Label on run containers that count against a host's slots.
+L_SLOTS = f"{dk.LABEL}.slots"
+#: Exit code of the start script when every slot is busy.
+_BUSY = 75
+#: Written into the local run directory at submit: where the run lives on the host.
+REMOTE_JSON = "remote.json"
+#: What a file system says when a write fails (the line worth showing).
+_FS_ERRORS = ("No space left", "Read-only", "Permission denied", "Not a directory",
+              "Disk quota exceeded")
+#: Files of the local run directory that never travel (the worker writes them on the target).
+_NOT_SHIPPED = {CODE, OUTPUTS, LOG, "metrics.jsonl", "worker.json", "status.json", "cancel",
+                REMOTE_JSON}
+
+
+@dataclass
+class RemoteDockerConfig(BackendConfig):
+    backend: str = "remote_docker"  # this backend
+    host: str = ""  # host name, address, or a Host alias of the ssh_config file
+    user: str | None = None  # login user (default: the ssh_config's User, else your local user)
+    port: int | None = None  # SSH port (default: the ssh_config's Port, else 22)
+    key: str | None = None  # private key file (the SSH agent is used too); never a password
+    ssh_config: str | None = None  # ssh_config file for aliases/ProxyCommand (default ~/.ssh/config)
+    known_hosts: str | None = None  # known_hosts file checked (default: ssh_config's, else ~/.ssh/known_hosts)
+    slots: int = 1  # runs at once on this host (across every client; sweeps respect it too)
+    gpus: str | None = None  # GPUs of the host offered to runs: null, "all" or "0,1"
+    work_dir: str = "~/.runner-remote"  # on the host: content store and run directories
+    docker: str = "docker"  # the docker command on the host (e.g. /usr/bin/docker, "sudo docker")
+    base_image: str = "runner-base:bookworm"  # base of envs that name no base_image
+    pull: bool = False  # `docker pull` a missing base image on the host
+    cpus: float | None = None  # CPU limit per run (docker --cpus); null = no limit
+    memory: str | None = None  # memory limit per run, e.g. "16g"; over it the run is OOM-killed
+    shm_size: str | None = None  # /dev/shm size, e.g. "8g" (data loaders need it)
+    network: str = "default"  # run network: default (the engine's), host or none
+    build_network: str = "host"  # network for image builds on the host (pip and apt need DNS)
+    gpu_preflight: bool = True  # prepare checks driver, runtime and framework before a GPU run
+    cancel_grace: float = 10.0  # seconds between SIGTERM and SIGKILL when cancelling
+    min_free_mb: int = 1024  # refuse to start a run when the work dir has less free space
+    max_fetch_mb: int = 2048  # outputs larger than this stay on the host (with a message)
+    slot_wait: float = 3600.0  # seconds a submit waits for a free slot before giving up
+    connect_timeout: float = 15.0  # seconds for the SSH connection and handshake
+
+
+# -- connections --------------------------------------------------------------------------------
+_SESSIONS: dict[tuple[SSHSettings, str | None], Session] = {}
+
+
+def _settings(c: RemoteDockerConfig) -> SSHSettings:
+    return SSHSettings(host=c.host, user=c.user, port=c.port, key=c.key, ssh_config=c.ssh_config,
+                       known_hosts=c.known_hosts, connect_timeout=c.connect_timeout)
+
+
+def _attach_hint(c: RemoteDockerConfig, name: str = "<target>") -> str:
+    parts = ["runner attach", name, "--host", c.host]
+    for flag, value in (("--user", c.user), ("--port", c.port), ("--key", c.key),
+                        ("--ssh-config", c.ssh_config), ("--known-hosts", c.known_hosts)):
+        if value:
+            parts += [flag, str(value)]
+    return shlex.join(parts) + " --force"
+
+
+def session_for(c: RemoteDockerConfig, *, trust: str | None = None) -> Session:
+    """The process-wide connection to the target's host (prepare, submit and every handle of
+    one client share it)."""
+    if not c.host:
+        raise UserError("target.host is empty: a remote_docker target needs the host to reach.",
+                        "write one with: runner attach NAME --host HOST")
+    key = (_settings(c), trust)
+    s = _SESSIONS.get(key)
+    if s is None:
+        s = _SESSIONS[key] = Session(key[0], trust=trust, trust_hint=_attach_hint(c))
+    return s
+
+
+def _q(s: str) -> str:
+    return shlex.quote(s)
+
+
+def _mib(n: float) -> str:
+    return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n / 1024:.1f} KiB"
+
+
+# -- safe extraction ----------------------------------------------------------------------------
+def safe_extract(data: bytes, dest: Path, *, max_bytes: int) -> list[str]:
+    """Extract a tar archive into ``dest``: only regular files and folders, nothing outside
+    ``dest`` (absolute names, ``..``, links and devices are skipped), at most ``max_bytes``.
+    Returns the names skipped."""
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    root = os.path.realpath(dest)
+    skipped: list[str] = []
+    total = 0
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
+        for m in tar:
+            name = m.name.lstrip("./") if m.name.startswith("./") else m.name
+            if name in ("", "."):
+                continue
+            target = os.path.realpath(os.path.join(root, name))
+            if (os.path.isabs(m.name) or ".." in Path(m.name).parts
+                    or not target.startswith(root + os.sep)):
+                skipped.append(m.name)
+                continue
+            if m.isdir():
+                os.makedirs(target, exist_ok=True)
+                continue
+            if not m.isfile():
+                skipped.append(m.name)  # links, devices, fifos never come back
+                continue
+            total += m.size
+            if total > max_bytes:
+                raise UserError(f"the fetched run directory is over the {_mib(max_bytes)} cap.",
+                                "raise target.max_fetch_mb, or write less into outputs/.")
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            if os.path.realpath(os.path.dirname(target)) != os.path.dirname(target):
+                skipped.append(m.name)  # a folder on the way is a link: never write through it
+                continue
+            src = tar.extractfile(m)
+            assert src is not None
+            tmp = target + ".runner-part"
+            with open(tmp, "wb") as f:
+                while chunk := src.read(1 << 20):
+                    f.write(chunk)
+            os.chmod(tmp, 0o755 if m.mode & 0o111 else 0o644)
+            os.replace(tmp, target)
+    return skipped
+
+
+# -- the handle ---------------------------------------------------------------------------------
+class RemoteHandle(RunHandle):
+    """A run container on a remote host's engine, its run directory there."""
+
+    def __init__(self, backend: RemoteDockerBackend, run_id: str, run_dir: Path, container: str,
+                 remote_dir: str) -> None:
+        super().__init__(run_id)
+        self.backend = backend
+        self.rd = RunDir(run_dir)
+        self.container = container
+        self.remote_dir = remote_dir
+        self.grace = backend.config.cancel_grace
+        self._settled = False
+
+    @property
+    def session(self) -> Session:
+        return self.backend.session
+
+    @property
+    def locator(self) -> dict[str, Any]:
+        return {"host": self.session.label, "container": self.container,
+                "remote_run_dir": self.remote_dir}
+
+    # -- what the host says ------------------------------------------------------------------
+    def _observe(self) -> tuple[RunStatus | None, dict[str, Any] | None, bool]:
+        """(status.json on the host, the container's State or None when gone, cancel asked)."""
+        d = self.backend.docker
+        r = self.session.run(
+            f"cat {_q(self.remote_dir)}/status.json 2>/dev/null; echo; echo '@@runner@@'; "
+            f"[ -e {_q(self.remote_dir)}/cancel ] && echo cancel; echo '@@runner@@'; "
+            f"{d} inspect --format '{{{{json .State}}}}' {_q(self.container)} 2>&1", timeout=60)
+        status_text, cancel_text, state_text = (r.stdout.split("@@runner@@\n") + ["", ""])[:3]
+        try:
+            st = RunStatus.from_dict(json.loads(status_text)) if status_text.strip() else None
+        except (json.JSONDecodeError, KeyError, ValueError):
+            st = None
+        state: dict[str, Any] | None
+        if r.ok:
+            state = json.loads(state_text.strip().splitlines()[-1])
+        elif "no such" in state_text.lower():
+            state = None
+        else:
+            raise RuntimeError(f"docker inspect on {self.session.label} failed: "
+                               f"{state_text.strip() or r.last_error()}")
+        return st, state, cancel_text.strip() == "cancel"
+
+    def status(self) -> RunStatus:
+        if self._settled:
+            local = self.rd.status()
+            if local is not None:
+                return local
+        st, state, cancelled = self._observe()
+        if state is None:
+            if st is not None and st.terminal:
+                return self._settle(st, None, cancelled)
+            return self._settle(None, None, cancelled)
+        if state.get("Status") in ("running", "paused", "restarting"):
+            if st is not None and st.state == RunState.RUNNING:
+                return st
+            if st is not None and st.terminal:
+                return RunStatus(RunState.RUNNING, message="finishing")
+            return RunStatus(RunState.RUNNING)
+        if state.get("Status") == "created":
+            return RunStatus(RunState.QUEUED)
+        return self._settle(st, state, cancelled)
+
+    def _final(self, st: RunStatus | None, state: Mapping[str, Any] | None,
+               cancelled: bool) -> RunStatus:
+        if state is not None and state.get("OOMKilled"):
+            limit = self.backend.config.memory
+            return RunStatus(RunState.FAILED, exit_code=(st.exit_code if st and st.terminal
+                                                          else None) or state.get("ExitCode") or 137,
+                             oom=True, message="out of memory: killed for exceeding the container's "
+                             f"memory limit{f' of {limit}' if limit else ''} (raise target.memory, "
+                             "or use less)")
+        if st is not None and st.terminal:
+            return st
+        if cancelled:
+            return RunStatus(RunState.CANCELLED, message="cancelled")
+        code = state.get("ExitCode") if state is not None else None
+        where = f"container exit code {code}" if state is not None else \
+            f"container {self.container} vanished on {self.session.label}"
+        return RunStatus(RunState.LOST, exit_code=code,
+                         message=f"the worker ended without a final status ({where})")
+
+    def _settle(self, st: RunStatus | None, state: Mapping[str, Any] | None,
+                cancelled: bool) -> RunStatus:
+        """The run has ended: record the truth on the host, bring the run directory back,
+        remove the container and verify it is gone."""
+        final = self._final(st, state, cancelled)
+        if final != st:
+            blob = json.dumps(final.to_dict() | {"time": time.time()})
+            self.session.run(f"cd {_q(self.remote_dir)} 2>/dev/null && printf '%s' {_q(blob)} "
+                             "> .status.json.tmp && mv -f .status.json.tmp status.json",
+                             timeout=60)
+        try:
+            self._fetch(self.rd.path)
+        finally:
+            self.backend.cli.remove(self.container)
+            self.rd.write_status(final)
+            self._settled = True
+        return final
+
+    def _fetch(self, dest: Path) -> None:
+        cfg = self.backend.config
+        cap_k = int(cfg.max_fetch_mb) * 1024
+        out = f"{self.backend.work_dir}/outgoing/{self.run_id}.{os.getpid()}.tar"
+        r = self.session.run(
+            f"cd {_q(self.remote_dir)} || exit 3; mkdir -p {_q(os.path.dirname(out))}; "
+            f"sz=$(du -sk --exclude=./code . | cut -f1); ex=''; "
+            f"if [ \"$sz\" -gt {cap_k} ]; then ex=--exclude=./outputs; echo \"over $sz\"; fi; "
+            f"tar -cf {_q(out)} --exclude=./code --exclude=./.runner-env $ex . 2>&1 "
+            "|| { echo 'tar failed'; exit 4; }", timeout=600)
+        if r.returncode == 3:
+            print(f"warning: run {self.run_id}: its directory {self.remote_dir} is gone from "
+                  f"{self.session.label}; nothing to fetch.", file=sys.stderr)
+            return
+        if not r.ok:
+            raise UserError(f"run {self.run_id}: packing {self.remote_dir} on "
+                            f"{self.session.label} failed: {r.stdout.strip() or r.last_error()}")
+        buf = bytearray()
+        try:
+            self.session.get_file(out, buf.extend)
+        finally:
+            self.session.run(f"rm -f {_q(out)}", timeout=60)
+        skipped = safe_extract(bytes(buf), dest, max_bytes=cap_k * 1024 + (64 << 20))
+        if skipped:
+            print(f"warning: run {self.run_id}: not fetched (links or paths outside the run "
+                  f"directory): {', '.join(skipped[:5])}", file=sys.stderr)
+        over = next((ln for ln in r.stdout.splitlines() if ln.startswith("over ")), None)
+        if over:
+            size = int(over.split()[1]) * 1024
+            note = (f"the outputs of run {self.run_id} are {_mib(size)} on {self.session.label}, "
+                    f"over target.max_fetch_mb ({cfg.max_fetch_mb} MiB): they stay at "
+                    f"{self.remote_dir}/outputs. Raise target.max_fetch_mb, or copy them with "
+                    f"scp/rsync.")
+            (Path(dest) / OUTPUTS).mkdir(parents=True, exist_ok=True)
+            (Path(dest) / OUTPUTS / "NOT_FETCHED.txt").write_text(note + "\n")
+            print(f"warning: {note}", file=sys.stderr)
+
+    # -- control -----------------------------------------------------------------------------
+    def cancel(self) -> RunStatus:
+        st = self.status()
+        if st.terminal:
+            self.backend.cli.remove(self.container)
+            return st
+        self.rd.request_cancel()
+        d = self.backend.docker
+        grace = max(1, math.ceil(self.grace))
+        self.session.run(f"touch {_q(self.remote_dir)}/cancel; "
+                         f"{d} stop --time {grace} {_q(self.container)} >/dev/null 2>&1",
+                         timeout=grace + 60)
+        deadline = time.monotonic() + 10
+        while True:
+            st2, state, _ = self._observe()
+            running = state is not None and state.get("Status") in ("running", "paused")
+            if not running or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        if running:
+            self.session.run(f"{d} kill {_q(self.container)} >/dev/null 2>&1", timeout=60)
+            st2, state, _ = self._observe()
+        return self._settle(st2, state, True)
+
+    # -- logs and outputs --------------------------------------------------------------------
+    def logs(self, offset: int = 0) -> Iterator[tuple[int, str]]:
+        if self._settled:
+            yield from self.rd.read_log(offset, final=True)
+            return
+        data = self.session.read_file(f"{self.remote_dir}/{LOG}", offset)
+        if not data:
+            return
+        self._mirror(offset, data)
+        pos = offset
+        for raw in data.splitlines(keepends=True):
+            if not raw.endswith(b"\n"):
+                break  # a partial line may still grow: held back until it ends
+            pos += len(raw)
+            yield pos, raw.decode("utf-8", "replace")
+
+    def _mirror(self, offset: int, data: bytes) -> None:
+        """Keep the local log.txt a prefix of the host's, so `runner logs RUN` works offline."""
+        try:
+            with open(self.rd.log, "r+b" if self.rd.log.exists() else "wb") as f:
+                if f.seek(0, os.SEEK_END) >= offset:
+                    f.seek(offset)
+                    f.write(data)
+        except OSError:
+            pass
+
+    def fetch_outputs(self, dest: Path) -> None:
+        if not self._settled:
+            self.status()
+        if Path(dest).resolve() == self.rd.path.resolve():
+            return  # fetched when the run ended
+        self._fetch(Path(dest))
+
+
+# -- the backend --------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class HostFacts:
+    """What one command learns about the host at prepare."""
+
+    home: str
+    uid: str
+    gid: str
+    work_dir: str
+    free_kb: int | None
+    base_id: str | None
+    env_tags: dict[str, str]  # tag -> image id
+
+
+class RemoteDockerBackend(Backend):
+    """Runs the worker in a container on a remote host's Docker engine, reached over SSH."""
+
+    name = "remote_docker"
+    Config = RemoteDockerConfig
+    capabilities = frozenset({"cancel", "follow_logs", "outputs", "docker", "gpu", "remote"})
+    config: RemoteDockerConfig
+
+    def __init__(self, config: BackendConfig) -> None:
+        super().__init__(config)
+        c = self.config
+        if c.network not in NETWORKS:
+            raise UserError(f"target.network: '{c.network}' is not a network mode of this backend.",
+                            f"valid: {', '.join(NETWORKS)}")
+        if c.slots < 1:
+            raise UserError(f"target.slots: must be at least 1, got {c.slots}.")
+        if c.cpus is not None and c.cpus <= 0:
+            raise UserError(f"target.cpus: must be a positive number of CPUs, got {c.cpus}.")
+        self.docker = c.docker
+        self._facts: HostFacts | None = None
+        self._session: Session | None = None
+        self._cli: dk.DockerCLI | None = None
+
+    @property
+    def session(self) -> Session:
+        if self._session is None:
+            self._session = session_for(self.config)
+        return self._session
+
+    @property
+    def cli(self) -> dk.DockerCLI:
+        if self._cli is None:
+            self._cli = dk.DockerCLI(executor=SSHExecutor(self.session, raw=[self.docker]),
+                                     docker=self.docker, where=self.config.host)
+        return self._cli
+
+    @property
+    def work_dir(self) -> str:
+        return self.facts().work_dir
+
+    # -- facts about the host ------------------------------------------------------------------
+    def facts(self, base: str | None = None, *, refresh: bool = False) -> HostFacts:
+        """One command: home, uid, docker's answer, the work dir (made, writable, free space),
+        the base image's ID and the env images present. Each failure is a clear UserError."""
+        if self._facts is not None and not refresh and base is None:
+            return self._facts
+        c, d = self.config, self.docker
+        wd = c.work_dir
+        wd_expr = '"$HOME"/' + _q(wd[2:]) if wd.startswith("~/") else _q(wd)
+        base_part = (f"echo '@@base'; {d} image inspect --format '{{{{.Id}}}}' {_q(base)} "
+                     "2>/dev/null || echo -; " if base else "")
+        script = (
+            "echo \"$HOME\"; id -u; id -g; "
+            f"v=$({d} version --format '{{{{.Server.Version}}}}' 2>&1); rc=$?; "
+            "if [ $rc -ne 0 ]; then echo '@@docker'; echo \"$rc\"; echo \"$v\"; "
+            "echo \"PATH=$PATH\"; exit 0; fi; "
+            f"W={wd_expr}; echo \"$W\"; "
+            "e=$(mkdir -p \"$W/objects\" \"$W/runs\" \"$W/incoming\" \"$W/outgoing\" 2>&1 && "
+            "touch \"$W/.write-probe\" 2>&1 && rm -f \"$W/.write-probe\"); "
+            "if [ -n \"$e\" ]; then echo '@@workdir'; echo \"$e\"; exit 0; fi; "
+            "df -Pk \"$W\" | tail -1 | awk '{print $4}'; "
+            + base_part
+            + f"echo '@@envs'; {d} image ls --no-trunc --filter label={dk.L_KIND}=env "
+            "--format '{{.Repository}}:{{.Tag}} {{.ID}}'"
+        )
+        r = self.session.run(script, timeout=60)
+        lines = r.stdout.splitlines()
+        where = self.session.label
+        if "@@docker" in lines:
+            i = lines.index("@@docker")
+            rc, msg, path = lines[i + 1], "\n".join(lines[i + 2:-1]), lines[-1]
+            raise self._docker_error(rc, msg, path, where)
+        if "@@workdir" in lines:
+            i = lines.index("@@workdir")
+            raise self._workdir_error(lines[i + 1] if len(lines) > i + 1 else "", lines[3]
+                                      if len(lines) > 3 else wd, where)
+        if not r.ok or len(lines) < 5:
+            raise UserError(f"could not inspect {where}: {r.last_error()}")
+        home, uid, gid, work, free = lines[:5]
+        base_id = None
+        tags: dict[str, str] = {}
+        if "@@base" in lines:
+            b = lines[lines.index("@@base") + 1]
+            base_id = None if b == "-" else b
+        for ln in lines[lines.index("@@envs") + 1:] if "@@envs" in lines else []:
+            tag, _, image_id = ln.partition(" ")
+            tags[tag] = image_id
+        self._facts = HostFacts(home, uid, gid, work, int(free) if free.isdigit() else None,
+                                base_id, tags)
+        return self._facts
+
+    def _docker_error(self, rc: str, msg: str, path: str, where: str) -> UserError:
+        cmd = self.docker
+        if rc == "127" or "not found" in msg:
+            return UserError(
+                f"`{cmd}` is not on the non-interactive PATH of {where} ({msg.strip()}).",
+                f"commands over SSH get a shorter PATH than a login shell: {path}",
+                "set target.docker to its full path (find it with `ssh HOST 'bash -lc \"command "
+                "-v docker\"'`, e.g. /usr/bin/docker), or install Docker there.",
+            )
+        if "permission denied" in msg.lower():
+            return UserError(
+                f"{where}: this user may not use the Docker engine ({msg.strip()}).",
+                "add the user to the docker group on the host (`sudo usermod -aG docker USER`, "
+                "then log in again), or set target.docker: \"sudo -n docker\".",
+            )
+        return UserError(f"the Docker engine on {where} does not answer: {msg.strip()}",
+                         "start it there (`sudo systemctl start docker`) and check that "
+                         "`docker version` works for this user.")
+
+    def _workdir_error(self, msg: str, wd: str, where: str) -> UserError:
+        if "No space left" in msg:
+            what = "is full"
+        elif "Read-only" in msg:
+            what = "is on a read-only file system"
+        else:
+            what = "cannot be written"
+        return UserError(f"the remote work dir {wd} on {where} {what}: {msg.strip()}",
+                         "free space there, fix its permissions, or point target.work_dir at a "
+                         "writable folder with room (runs, code objects and outputs live there).")
+
+    # -- environments --------------------------------------------------------------------------
+    def _gpus(self, spec: RunSpec) -> str | None:
+        gpus = spec.gpus if spec.gpus is not None else spec.env.gpus
+        if gpus is None and spec.env.require_gpu:
+            gpus = "all"
+        return None if gpus in ("", "none") else gpus
+
+    def prepare(self, spec: RunSpec) -> Prepared:
+        base = spec.env.base_image or self.config.base_image
+        facts = self.facts(base)
+        bundle, bundle_key = worker_bundle()
+        details: dict[str, Any] = {"host": self.session.label, "work_dir": facts.work_dir}
+        image: dk.EnvImage | None = None
+        if facts.base_id is not None:
+            # the key local_docker computes (dk.ensure_env_image): same inputs, same image
+            inputs = env_inputs(dataclasses.replace(spec.env, base_image=facts.base_id),
+                                python=spec.env.python, runner_hash=bundle_key, recipe=dk.RECIPE)
+            key = env_key(inputs)
+            tag = dk.image_tag(key)
+            if tag in facts.env_tags:
+                image = dk.EnvImage(key, tag, facts.env_tags[tag], True, "cached", "")
+        if image is None:
+            image = dk.ensure_env_image(self.cli, spec.env, base, bundle, bundle_key,
+                                        build_network=self.config.build_network,
+                                        pull=self.config.pull)
+            self._facts = dataclasses.replace(
+                facts, env_tags={**facts.env_tags, image.tag: image.image_id})
+        details |= {"image": image.tag, "image_id": image.image_id}
+        gpus = self._gpus(spec)
+        if gpus and self.config.gpu_preflight:
+            self._gpu_preflight(spec, image.tag, gpus, details)
+        return Prepared(image.key, image.cached, image.reason, details)
+
+    def _gpu_preflight(self, spec: RunSpec, tag: str, gpus: str, details: dict[str, Any]) -> None:
+        where = self.session.label
+        r = self.session.run("nvidia-smi -L 2>&1", timeout=60)
+        if not r.ok or "GPU" not in r.stdout:
+            seen = r.stdout.strip() or r.last_error()
+            raise UserError(
+                f"GPU preflight failed for env {spec.env.name} on {where} (--gpus {gpus}): "
+                "missing layer: host driver.",
+                f"MISSING host driver: `nvidia-smi -L` on the host answered: {seen[:300]}",
+                "install the NVIDIA driver on the host (nvidia-smi must list the GPUs), or run "
+                "without GPUs (gpus: null). The run was not started.",
+            )
+        pre = dk.gpu_preflight(self.cli, tag, gpus)
+        details["gpu_preflight"] = f"ok      host driver: {r.stdout.strip()}\n" + pre.render()
+        if not pre.ok:
+            raise UserError(
+                f"GPU preflight failed for env {spec.env.name} on {where} (--gpus {gpus}, image "
+                f"{tag}): missing layer: {pre.missing}.",
+                *pre.render().splitlines(),
+                "the run was not started (it would have trained on the CPU). Fix the missing "
+                "layer, or run without GPUs (gpus: null).",
+            )
+
+    # -- runs ------------------------------------------------------------------------------------
+    def _manifest(self, rd: RunDir) -> dict[str, list[Any]]:
+        """{path: [sha256, size, mode]} of the run's code (the snapshot's, else hashed now)."""
+        manifest = rd.meta().get("code_manifest")
+        if isinstance(manifest, dict) and manifest:
+            return manifest
+        out: dict[str, list[Any]] = {}
+        if rd.code.is_dir():
+            for p in sorted(rd.code.rglob("*")):
+                if p.is_file() and not p.is_symlink():
+                    data = p.read_bytes()
+                    out[p.relative_to(rd.code).as_posix()] = [
+                        hashlib.sha256(data).hexdigest(), len(data), p.stat().st_mode & 0o777]
+        return out
+
+    def _ship(self, spec: RunSpec, rd: RunDir, remote_rd: str, secrets_env: Mapping[str, str]
+              ) -> dict[str, Any]:
+        """Send the run directory, code by content: only objects the host lacks travel."""
+        w = self.work_dir
+        manifest = self._manifest(rd)
+        hashes = sorted({v[0] for v in manifest.values()})
+        missing: set[str] = set()
+        if hashes:
+            r = self.session.run(f"cd {_q(w)}/objects && for h in {' '.join(hashes)}; do "
+                                 "[ -f \"$h\" ] || echo \"$h\"; done", timeout=120)
+            if not r.ok:
+                raise UserError(f"could not list the content store {w}/objects on "
+                                f"{self.session.label}: {r.last_error()}")
+            missing = set(r.stdout.split())
+        by_hash = {v[0]: p for p, v in manifest.items()}
+        rid = spec.run_id
+        buf = io.BytesIO()
+        sent = 0
+
+        def add(name: str, data: bytes, mode: int = 0o644) -> None:
+            info = tarfile.TarInfo(name)
+            info.size, info.mode, info.mtime = len(data), mode, int(time.time())
+            tar.addfile(info, io.BytesIO(data))
+
+        with tarfile.open(fileobj=buf, mode="w") as tar:
+            for h in sorted(missing):
+                data = (rd.code / by_hash[h]).read_bytes()
+                if hashlib.sha256(data).hexdigest() != h:
+                    raise UserError(f"run {rid}: code/{by_hash[h]} changed after the snapshot was "
+                                    "taken; submit again.")
+                add(f"objects/{h}", data)
+                sent += len(data)
+            for p in sorted(rd.path.iterdir()):
+                if p.name not in _NOT_SHIPPED and p.is_file():
+                    add(f"run/{p.name}", p.read_bytes())
+            if secrets_env:
+                # secrets go in a 0600 file read by `docker run --env-file`, removed right after
+                # the start: never on a command line, never in the run directory that comes back
+                add("run/.runner-env",
+                    "".join(f"{k}={v}\n" for k, v in secrets_env.items()).encode(), 0o600)
+            dirs = sorted({str(Path(p).parent) for p in manifest if "/" in p})
+            setup = ["set -e", f"cd {_q(w)}", f"mkdir -p {_q(remote_rd)}/code {_q(remote_rd)}/outputs"]
+            if dirs:
+                setup.append("cd " + _q(f"{remote_rd}/code") + " && mkdir -p "
+                             + " ".join(_q(d) for d in dirs) + " && cd " + _q(w))
+            for path, (h, _size, _mode) in sorted(manifest.items()):
+                setup.append(f"cp objects/{h} {_q(remote_rd + '/code/' + path)}")
+            execs = [p for p, v in manifest.items() if int(v[2]) & 0o111]
+            if execs:
+                setup.append("cd " + _q(f"{remote_rd}/code") + " && chmod +x "
+                             + " ".join(_q(p) for p in execs) + " && cd " + _q(w))
+            add("run/.runner-setup.sh", ("\n".join(setup) + "\n").encode())
+        archive = buf.getvalue()
+        incoming = f"{w}/incoming/{rid}"
+        try:
+            self.session.write_file(incoming + ".tar", archive, mode=0o600)
+        except OSError as e:
+            raise self._workdir_error(str(e), w, self.session.label) from None
+        # unpack next to the store, publish objects by rename (a concurrent submit never sees a
+        # half-written one), then move the run files into place and assemble code/
+        r = self.session.run(
+            f"set -e; cd {_q(w)}; rm -rf {_q(incoming)}; mkdir -p {_q(incoming)} {_q(remote_rd)}; "
+            f"tar -xf {_q(incoming)}.tar -C {_q(incoming)} 2>&1; "
+            f"if [ -d {_q(incoming)}/objects ]; then find {_q(incoming)}/objects -type f -exec "
+            "mv -f -t objects {} +; fi; "
+            f"mv -f {_q(incoming)}/run/* {_q(incoming)}/run/.runner-* {_q(remote_rd)}/ 2>&1; "
+            f"sh {_q(remote_rd)}/.runner-setup.sh 2>&1; "
+            f"rm -rf {_q(incoming)} {_q(incoming)}.tar {_q(remote_rd)}/.runner-setup.sh; "
+            f": > {_q(remote_rd)}/{LOG}", timeout=600, retry=False)
+        if not r.ok:
+            self.session.run(f"rm -rf {_q(incoming)} {_q(incoming)}.tar", timeout=60)
+            lines = (r.stdout + r.stderr).strip().splitlines() or [r.last_error()]
+            telling = [ln for ln in lines if any(k in ln for k in _FS_ERRORS)]
+            raise self._workdir_error((telling or lines)[-1], w, self.session.label)
+        total = sum(int(v[1]) for v in manifest.values())
+        return {"files": len(manifest), "bytes": total, "sent_files": len(missing),
+                "sent_bytes": sent, "archive_bytes": len(archive)}
+
+    def submit(self, spec: RunSpec, prepared: Prepared) -> RunHandle:
+        c = self.config
+        facts = self.facts()
+        if facts.free_kb is not None and facts.free_kb < c.min_free_mb * 1024:
+            raise UserError(
+                f"the remote work dir {facts.work_dir} on {self.session.label} is full: "
+                f"{facts.free_kb // 1024} MiB free, target.min_free_mb is {c.min_free_mb}.",
+                "free space there (old runs live in runs/), point target.work_dir elsewhere, or "
+                "lower target.min_free_mb.")
+        rd = RunDir(spec.run_dir)
+        request = rd.request()
+        remote_rd = f"{facts.work_dir}/runs/{spec.run_id}"
+        secrets_env = {n: os.environ[n] for n in request.get("secret_env") or [] if n in os.environ}
+        t0 = time.monotonic()
+        shipped = self._ship(spec, rd, remote_rd, secrets_env)
+        gpus = self._gpus(spec)
+        labels = {
+            dk.L_MANAGED: "1", dk.L_KIND: "run", dk.L_RUN_ID: spec.run_id,
+            dk.L_TARGET: spec.target_name, dk.L_PROJECT: str(spec.project_root),
+            dk.L_RUN_DIR: remote_rd, dk.L_ENV_KEY: prepared.env_key, L_SLOTS: "1",
+            **{f"{dk.LABEL}.label.{k}": str(v) for k, v in spec.labels.items()},
+        }
+        env = {"TINI_KILL_PROCESS_GROUP": "1"}
+        if facts.uid != "0":
+            env["HOME"] = "/tmp"  # the host user's uid has no home in the image
+        visible = dk.visible_devices(gpus)
+        if visible is not None:
+            env["CUDA_VISIBLE_DEVICES"] = visible
+        container = dk.ContainerSpec(
+            name=f"runner-{spec.run_id}",
+            image=str(prepared.details.get("image") or dk.image_tag(prepared.env_key)),
+            command=dk.worker_command(), labels=labels,
+            mounts=[(remote_rd, dk.RUN_MOUNT)],
+            workdir=f"{dk.RUN_MOUNT}/code",
+            env=env, user=f"{facts.uid}:{facts.gid}",
+            network=c.network, cpus=c.cpus, memory=c.memory, shm_size=c.shm_size, gpus=gpus,
+        )
+        argv = container.argv()
+        envfile = f"{remote_rd}/.runner-env"
+        if secrets_env:
+            argv = argv[:2] + ["--env-file", envfile] + argv[2:]
+        start = (
+            f"cd {_q(facts.work_dir)} || exit 3; "
+            "if command -v flock >/dev/null 2>&1; then exec 9>slots.lock; flock 9; fi; "
+            f"n=$({self.docker} ps -q --filter label={L_SLOTS}=1 --filter status=running | wc -l); "
+            f"if [ \"$n\" -ge {int(c.slots)} ]; then {self.docker} ps --filter label={L_SLOTS}=1 "
+            f"--filter status=running --format '{{{{.Label \"{dk.L_RUN_ID}\"}}}}'; exit {_BUSY}; fi; "
+            f"{self.docker} run {' '.join(_q(a) for a in argv[1:])}; rc=$?; "
+            f"rm -f {_q(envfile)}; exit $rc")
+        waited = False
+        deadline = time.monotonic() + c.slot_wait
+        while True:
+            r = self.session.run(start, timeout=180, retry=False)
+            if r.returncode != _BUSY:
+                break
+            if time.monotonic() > deadline:
+                self.session.run(f"rm -f {_q(envfile)}", timeout=60)
+                raise UserError(
+                    f"no free slot on {self.session.label} after {c.slot_wait:.0f} s: all "
+                    f"{c.slots} are busy (runs: {', '.join(r.stdout.split())}).",
+                    "wait for them, cancel one (runner cancel RUN), or raise target.slots if the "
+                    "host has room.")
+            if not waited:
+                print(f"[runner] {self.session.label}: all {c.slots} slot(s) busy (runs: "
+                      f"{', '.join(r.stdout.split())}); waiting for one to free up ...",
+                      file=sys.stderr, flush=True)
+                waited = True
+            time.sleep(1.0)
+        if not r.ok:
+            self.session.run(f"{self.docker} rm -f {_q(container.name)} >/dev/null 2>&1; "
+                             f"rm -f {_q(envfile)}", timeout=60)
+            raise dk.start_error(r, self.session.label, container.image, gpus)
+        info = {"host": self.session.label, "remote_run_dir": remote_rd,
+                "container": container.name, "container_id": r.stdout.strip(),
+                "shipped": shipped, "submit_seconds": round(time.monotonic() - t0, 3)}
+        write_json_atomic(rd.path / REMOTE_JSON, info)
+        print(f"[runner] shipped {shipped['sent_files']} of {shipped['files']} code files "
+              f"({_mib(shipped['sent_bytes'])} of {_mib(shipped['bytes'])}) to "
+              f"{self.session.label}", file=sys.stderr, flush=True)
+        return RemoteHandle(self, spec.run_id, rd.path, container.name, remote_rd)
+
+    def reattach(self, run_id: str, run_dir: Path, locator: Mapping[str, Any]) -> RunHandle:
+        return RemoteHandle(self, run_id, run_dir, str(locator["container"]),
+                            str(locator["remote_run_dir"]))
+
+    # -- doctor ----------------------------------------------------------------------------------
+    def doctor(self) -> list[Check]:
+        return _doctor(self)
+
+
+def _doctor(b: RemoteDockerBackend) -> list[Check]:
+    """The checks of ``runner doctor TARGET``: each layer a run needs, with a fix for each."""
+    c, out = b.config, []
+    t0 = time.monotonic()
+    try:
+        b.session.connect()
+    except UserError as e:
+        out.append(Check("ssh", False, e.message, " ".join(e.hints)))
+        return out + [Check(n, False, "not checked: no SSH connection", "fix ssh first")
+                      for n in ("docker on PATH", "docker permission", "work dir", "disk space",
+                                "gpu", "clock skew")]
+    s = b.session
+    out.append(Check("ssh", True, f"{s.label} in {time.monotonic() - t0:.2f}s (host key known)"))
+    try:
+        s.sftp()
+        out.append(Check("sftp", True, "file transfer subsystem answers"))
+    except UserError as e:
+        out.append(Check("sftp", False, e.message, " ".join(e.hints)))
+    r = s.run(f"v=$({b.docker} version --format '{{{{.Server.Version}}}}' 2>&1); echo \"$?\"; "
+              "echo \"$v\" | tail -1; echo \"$PATH\"; "
+              "command -v bash >/dev/null && bash -lc 'command -v docker' 2>/dev/null", timeout=60)
+    lines = r.stdout.splitlines() + ["", "", "", ""]
+    rc, msg, path, login_docker = lines[0], lines[1], lines[2], lines[3]
+    if rc == "127" or "not found" in msg:
+        out.append(Check("docker on PATH", False, f"`{b.docker}` not found; non-interactive PATH "
+                         f"is {path}", f"set target.docker: {login_docker or '/usr/bin/docker'}"
+                         + (" (where a login shell finds it)" if login_docker else "")))
+        out.append(Check("docker permission", False, "not checked: no docker command",
+                         "fix docker on PATH first"))
+    else:
+        out.append(Check("docker on PATH", True, f"`{b.docker}` found (PATH {path})"))
+        if rc == "0":
+            out.append(Check("docker permission", True, f"engine {msg} answers this user"))
+        elif "permission denied" in msg.lower():
+            out.append(Check("docker permission", False, msg,
+                             "sudo usermod -aG docker USER on the host, then reconnect; or "
+                             "target.docker: \"sudo -n docker\""))
+        else:
+            out.append(Check("docker permission", False, f"the engine does not answer: {msg}",
+                             "start it: sudo systemctl start docker"))
+    try:
+        facts = b.facts(refresh=True)
+        out.append(Check("work dir", True, f"{facts.work_dir} writable"))
+        free_mb = (facts.free_kb or 0) // 1024
+        out.append(Check("disk space", free_mb >= c.min_free_mb,
+                         f"{free_mb} MiB free in {facts.work_dir} (need {c.min_free_mb})",
+                         "free space (old runs are in WORK_DIR/runs/), or point target.work_dir "
+                         "at a bigger disk"))
+    except UserError as e:
+        if "work dir" in e.message:
+            out.append(Check("work dir", False, e.message, " ".join(e.hints)))
+        out.append(Check("disk space", False, "not checked", "fix the checks above first"))
+    if c.gpus:
+        g = s.run("nvidia-smi -L 2>&1", timeout=60)
+        out.append(Check("gpu: host driver", g.ok and "GPU" in g.stdout,
+                         (g.stdout.strip() or g.last_error())[:200],
+                         "install the NVIDIA driver on the host: nvidia-smi must list the GPUs"))
+        rt = s.run(f"{b.docker} info --format '{{{{json .Runtimes}}}}'", timeout=60)
+        has = "nvidia" in rt.stdout
+        out.append(Check("gpu: container toolkit", has,
+                         "the engine has the nvidia runtime (--gpus accepted)" if has else
+                         f"runtimes: {rt.stdout.strip() or rt.last_error()}",
+                         "install the NVIDIA container toolkit on the host and restart dockerd"))
+    else:
+        out.append(Check("gpu", True, "no GPUs configured (target.gpus: null)"))
+    t1 = time.time()
+    d = s.run("date +%s.%N", timeout=30)
+    t2 = time.time()
+    try:
+        skew = float(d.stdout.strip()) - (t1 + t2) / 2
+        out.append(Check("clock skew", abs(skew) < 2.0, f"host clock is {skew:+.2f}s from this one",
+                         "enable time sync on the host (e.g. `timedatectl set-ntp true`); run "
+                         "times and metrics timestamps come from its clock"))
+    except ValueError:
+        out.append(Check("clock skew", False, f"`date` answered {d.stdout.strip()!r}",
+                         "the host needs a POSIX date"))
+    return out
+
+
+# -- runner attach ------------------------------------------------------------------------------
+def _attach_arguments(p: Any) -> None:
+    p.add_argument("name", help="the target's name: writes conf/target/NAME.yaml")
+    p.add_argument("--host", required=True, help="host name, address or ssh_config alias")
+    p.add_argument("--user", help="login user (default: ssh_config's, else yours)")
+    p.add_argument("--port", type=int, help="SSH port (default: ssh_config's, else 22)")
+    p.add_argument("--key", help="private key file (the SSH agent is used too)")
+    p.add_argument("--gpus", help='GPUs offered to runs: "all" or "0,1" (default: none)')
+    p.add_argument("--slots", type=int, default=1, help="runs at once on the host (default 1)")
+    p.add_argument("--work-dir", default=RemoteDockerConfig.work_dir,
+                   help="folder on the host for code objects and run directories")
+    p.add_argument("--docker", default="docker", help="docker command on the host")
+    p.add_argument("--trust-host-key", metavar="SHA256:...",
+                   help="the host key fingerprint you checked; added to the known_hosts file")
+    p.add_argument("--ssh-config", help="ssh_config file with the host's alias (default ~/.ssh/config)")
+    p.add_argument("--known-hosts", help="known_hosts file to check and to add a trusted key to")
+    p.add_argument("--force", action="store_true", help="replace an existing target file")
+
+
+def _yaml_value(v: Any) -> str:
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int | float):
+        return str(v)
+    return json.dumps(str(v))
+
+
+def target_yaml(c: RemoteDockerConfig, comment: str) -> str:
+    """A commented target file for ``c`` (only the keys that differ from the defaults are
+    active; the rest are listed, commented out, to show what can be set)."""
+    lines = [f"# {comment}", "backend: remote_docker"]
+    defaults = RemoteDockerConfig()
+    for f in dataclasses.fields(RemoteDockerConfig):
+        if f.name == "backend":
+            continue
+        v = getattr(c, f.name)
+        line = f"{f.name}: {_yaml_value(v)}"
+        lines.append(line if v != getattr(defaults, f.name) or f.name in ("host", "slots", "gpus")
+                     else f"# {line}")
+    return "\n".join(lines) + "\n"
+
+
+def _attach(args: Any) -> int:
+    from runner.store import find_project_root
+
+    trust = args.trust_host_key
+    if trust is not None and not trust.startswith("SHA256:"):
+        raise UserError(f"--trust-host-key: '{trust}' is not a SHA256 fingerprint.",
+                        "copy it as the refusal printed it: SHA256:<43 characters>")
+    c = RemoteDockerConfig(
+        host=args.host, user=args.user, port=args.port,
+        key=str(Path(args.key).expanduser().resolve()) if args.key else None,
+        ssh_config=str(Path(args.ssh_config).expanduser().resolve()) if args.ssh_config else None,
+        known_hosts=str(Path(args.known_hosts).expanduser().resolve()) if args.known_hosts else None,
+        gpus=args.gpus, slots=args.slots, work_dir=args.work_dir, docker=args.docker)
+    root = find_project_root()
+    path = root / "conf" / "target" / f"{args.name}.yaml"
+    if path.exists() and not args.force:
+        raise UserError(f"{path} already exists.", "pick another name, or pass --force to "
+                        "replace it.")
+    session = Session(_settings(c), trust=trust, trust_hint=_attach_hint(c, args.name))
+    try:
+        session.connect()
+        backend = RemoteDockerBackend(c)
+        backend._session = session
+        facts = backend.facts()
+        if c.gpus:
+            r = session.run("nvidia-smi -L 2>&1", timeout=60)
+            gpu_line = r.stdout.strip().splitlines()[0] if r.ok and r.stdout.strip() else \
+                "nvidia-smi does not answer (`runner doctor` says more)"
+        else:
+            gpu_line = "none requested"
+        label = session.label
+    finally:
+        session.close()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(target_yaml(c, f"{label}: a Docker engine reached over SSH (runner attach)"))
+    print(f"attached {args.name}: {label}, Docker answers, work dir {facts.work_dir} "
+          f"({(facts.free_kb or 0) // 1024} MiB free), GPUs: {gpu_line}")
+    print(f"wrote {path}; use it with: runner submit target={args.name}")
+    return 0
+
+
+def attach_command() -> Command:
+    return Command("attach", "attach a remote Docker host over SSH as a target "
+                   "(writes conf/target/NAME.yaml)", _attach_arguments, _attach)
+
+
+@hookimpl
+def runner_register_backends(register: Any) -> None:
+    register(RemoteDockerBackend)
+
+
+@hookimpl
+def runner_register_commands(register: Any) -> None:
+    register(attach_command())
+
+
+__all__ = ["RemoteDockerBackend", "RemoteDockerConfig", "RemoteHandle", "safe_extract",
+           "target_yaml", "ConnectionLost"]

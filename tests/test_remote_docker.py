@@ -1,0 +1,529 @@
+"""The remote_docker backend against real SSH hosts and a real Docker engine
+(scripts/testbed.sh up starts both): the contract suite, attach and its host-key and key
+refusals, content-addressed shipping, --gpus, logs across a killed connection, cancel, outputs,
+reconcile after a killed client, slots, doctor, and the clear errors of a broken host."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import tarfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from runner.backend import EnvSpec, RunHandle, RunState
+from runner.errors import UserError
+from runner.plugins import _docker as dk
+from runner.plugins.local_docker import LocalDockerBackend, LocalDockerConfig
+from runner.plugins.remote_docker import (
+    RemoteDockerBackend,
+    RemoteDockerConfig,
+    RemoteHandle,
+    safe_extract,
+)
+from runner.rundir import RunDir
+from runner.testing import BackendContract, make_run
+
+from .conftest import run_cli
+
+
+def _testbed_env() -> dict[str, str]:
+    """What scripts/testbed.sh recorded (its `env` file), overridden by the real environment."""
+    path = Path(os.environ.get("RUNNER_TESTBED_DIR", "/tmp/runner-testbed")) / "env"
+    out: dict[str, str] = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            parts = shlex.split(line)
+            if len(parts) == 2 and parts[0] == "export" and "=" in parts[1]:
+                k, v = parts[1].split("=", 1)
+                out[k] = v
+    return out | {k: v for k, v in os.environ.items() if k.startswith("RUNNER_")}
+
+
+TB = _testbed_env()
+BASE = TB.get("RUNNER_BASE_IMAGE", "runner-base:bookworm")
+SSH_CONFIG = TB.get("RUNNER_TEST_SSH_CONFIG", "")
+KNOWN_HOSTS = TB.get("RUNNER_TEST_KNOWN_HOSTS", "")
+CLIENT_KEY = TB.get("RUNNER_TEST_SSH_KEY", "")
+HOSTS = TB.get("RUNNER_TEST_SSH_HOSTS", "").split()
+PORT = TB.get("RUNNER_TEST_SSH_PORT", "")
+LOOPBACK = HOSTS[0] if HOSTS else "runner-remote"
+NETNS = HOSTS[1] if len(HOSTS) > 1 else None
+
+
+def _problem() -> str | None:
+    if not (SSH_CONFIG and Path(SSH_CONFIG).is_file() and HOSTS and PORT):
+        return "no SSH test hosts; start them with scripts/testbed.sh up"
+    try:
+        r = subprocess.run(["docker", "image", "inspect", BASE], capture_output=True, timeout=20)
+    except (OSError, subprocess.SubprocessError) as e:
+        return f"no docker CLI ({e}); scripts/testbed.sh up installs and starts the engine"
+    if r.returncode != 0:
+        return f"no Docker engine with the base image {BASE}; scripts/testbed.sh up makes both"
+    r = subprocess.run(["ssh", "-F", SSH_CONFIG, LOOPBACK, "true"], capture_output=True, timeout=30)
+    if r.returncode != 0:
+        return f"SSH test host {LOOPBACK} does not answer; scripts/testbed.sh up starts it"
+    return None
+
+
+_PROBLEM = _problem()
+pytestmark = [pytest.mark.ssh, pytest.mark.docker,
+              pytest.mark.skipif(_PROBLEM is not None, reason=_PROBLEM or "")]
+
+ENV = EnvSpec(name="docker_python", base_image=BASE)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _user_ssh_untouched() -> Iterator[None]:
+    """No test may change the user's ~/.ssh (everything uses the testbed's own files)."""
+    def snap() -> dict[str, str]:
+        d = Path("~/.ssh").expanduser()
+        return {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+                for p in (sorted(d.iterdir()) if d.is_dir() else []) if p.is_file()}
+    before = snap()
+    yield
+    assert snap() == before, "a test changed ~/.ssh"
+
+
+def docker(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["docker", *args], capture_output=True, text=True, timeout=120)
+
+
+def containers_of(run_id: str) -> list[str]:
+    return docker("ps", "-aq", "--filter", f"label={dk.L_RUN_ID}={run_id}").stdout.split()
+
+
+def config(work: Path, host: str = LOOPBACK, **kw: object) -> RemoteDockerConfig:
+    return RemoteDockerConfig(host=host, ssh_config=SSH_CONFIG, work_dir=str(work),
+                              base_image=BASE, cancel_grace=5, **kw)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def work(tmp_path: Path) -> Path:
+    """The work dir on the host (the test hosts share this machine's filesystem; a real host
+    would not, and nothing here relies on it)."""
+    return tmp_path / "remote-work"
+
+
+@pytest.fixture
+def backend(work: Path) -> RemoteDockerBackend:
+    return RemoteDockerBackend(config(work))
+
+
+def wait_log(handle: RunHandle, text: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any(text in line for _, line in handle.logs(0)):
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"{text!r} never appeared in the log")
+
+
+class TestRemoteDockerContract(BackendContract):
+    timeout = 90.0
+
+    @pytest.fixture
+    def backend(self, tmp_path: Path) -> RemoteDockerBackend:
+        return RemoteDockerBackend(config(tmp_path / "remote-work"))
+
+    @pytest.fixture
+    def env(self) -> EnvSpec:
+        return ENV
+
+    def assert_nothing_left(self, handle: RunHandle) -> None:
+        assert isinstance(handle, RemoteHandle)
+        assert containers_of(handle.run_id) == []
+
+
+# -- attach ---------------------------------------------------------------------------------
+def _fingerprint() -> str:
+    pub = Path(KNOWN_HOSTS).parent / "host_ed25519.pub"
+    return subprocess.run(["ssh-keygen", "-lf", str(pub)], capture_output=True, text=True,
+                          check=True).stdout.split()[1]
+
+
+def test_attach_checks_then_writes_the_target_and_a_run_goes_through_it(
+        project: Path, work: Path) -> None:
+    r = run_cli("attach", "gpubox", "--host", LOOPBACK, "--ssh-config", SSH_CONFIG,
+                "--work-dir", str(work), cwd=project)
+    assert r.returncode == 0, r.stderr
+    assert "Docker answers" in r.stdout
+    target = project / "conf" / "target" / "gpubox.yaml"
+    text = target.read_text()
+    assert "backend: remote_docker" in text and f'host: "{LOOPBACK}"' in text
+    assert "password" not in text.lower()
+    (project / "job.py").write_text("import runner\nprint('on the remote', flush=True)\n"
+                                    "runner.log_metric('acc', 0.75)\n"
+                                    "(runner.outputs_dir() / 'model.txt').write_text('weights')\n")
+    r = run_cli("submit", "target=gpubox", "env=docker_python", "model=script",
+                "model.path=job.py", cwd=project, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "on the remote" in r.stdout and "SUCCEEDED" in r.stderr
+    rd = next((project / ".runner" / "runs").iterdir())
+    assert (rd / "outputs" / "model.txt").read_text() == "weights"  # fetched back
+    assert RunDir(rd).summary() == {"acc": 0.75}
+    assert containers_of(rd.name) == []
+    # a second attach under the same name is refused; --force replaces it
+    r = run_cli("attach", "gpubox", "--host", LOOPBACK, "--ssh-config", SSH_CONFIG, cwd=project)
+    assert r.returncode == 2 and "already exists" in r.stderr
+
+
+def test_attach_refuses_an_unknown_host_key_then_trusts_the_checked_one(
+        project: Path, tmp_path: Path) -> None:
+    empty_conf = tmp_path / "empty_ssh_config"
+    empty_conf.write_text("")
+    known = tmp_path / "known_hosts"
+    args = ["attach", "box", "--host", "127.0.0.1", "--port", PORT, "--user", "root",
+            "--key", CLIENT_KEY, "--ssh-config", str(empty_conf), "--known-hosts", str(known)]
+    r = run_cli(*args, cwd=project)
+    fp = _fingerprint()
+    assert r.returncode == 2
+    assert "host key not in" in r.stderr and fp in r.stderr
+    assert f"--trust-host-key {fp}" in r.stderr  # the exact command to run
+    assert not (project / "conf" / "target" / "box.yaml").exists()
+    r = run_cli(*args, "--trust-host-key", "SHA256:" + "A" * 43, cwd=project)
+    assert r.returncode == 2 and "does not match" in r.stderr
+    assert not known.exists() or known.read_text() == ""
+    r = run_cli(*args, "--trust-host-key", fp, cwd=project)
+    assert r.returncode == 0, r.stderr
+    assert known.read_text().startswith(f"[127.0.0.1]:{PORT} ssh-ed25519 ")
+    assert (project / "conf" / "target" / "box.yaml").is_file()
+    # the next connection checks against that file: no flag needed, and a changed key is refused
+    r = run_cli("doctor", "box", cwd=project)
+    assert "host key known" in r.stdout
+    other = subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f",
+                            str(tmp_path / "impostor")], capture_output=True)
+    assert other.returncode == 0
+    fake = (tmp_path / "impostor.pub").read_text().split()
+    known.write_text(f"[127.0.0.1]:{PORT} {fake[0]} {fake[1]}\n")
+    r = run_cli("doctor", "box", cwd=project)
+    assert r.returncode != 0 and "CHANGED" in r.stdout
+
+
+def test_attach_refuses_a_key_the_host_does_not_accept(project: Path, tmp_path: Path) -> None:
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "bad")],
+                   check=True)
+    empty_conf = tmp_path / "empty_ssh_config"
+    empty_conf.write_text("")
+    r = run_cli("attach", "box", "--host", "127.0.0.1", "--port", PORT, "--user", "root",
+                "--key", str(tmp_path / "bad"), "--ssh-config", str(empty_conf),
+                "--known-hosts", KNOWN_HOSTS, cwd=project)
+    assert r.returncode == 2
+    assert "refused the key" in r.stderr and str(tmp_path / "bad") in r.stderr
+    assert "ssh-copy-id" in r.stderr
+    assert not (project / "conf" / "target" / "box.yaml").exists()
+    r = run_cli("attach", "box", "--host", "127.0.0.1", "--port", PORT, "--key",
+                str(tmp_path / "missing"), "--ssh-config", str(empty_conf), cwd=project)
+    assert r.returncode == 2 and "does not exist" in r.stderr
+
+
+@pytest.mark.skipif(NETNS is None, reason="the testbed's second (netns) host is not up")
+def test_a_host_behind_a_proxycommand_runs_work(tmp_path: Path, work: Path) -> None:
+    b = RemoteDockerBackend(config(work, host=str(NETNS)))
+    spec = make_run(tmp_path, b, "print('through the proxy')", env=ENV)
+    handle = b.submit(spec, b.prepare(spec))
+    assert handle.wait(90).state == RunState.SUCCEEDED
+    assert f"@{NETNS}:22" in b.session.label
+    assert "through the proxy" in (spec.run_dir / "log.txt").read_text()
+
+
+# -- prepare and shipping -------------------------------------------------------------------
+def test_prepare_hits_the_same_image_key_as_local_docker(tmp_path: Path,
+                                                         backend: RemoteDockerBackend) -> None:
+    spec = make_run(tmp_path, backend, "pass", env=ENV)
+    backend.prepare(spec)
+    again = RemoteDockerBackend(backend.config)  # a new client: nothing remembered
+    t0 = time.monotonic()
+    hit = again.prepare(spec)
+    assert hit.cached and hit.reason == "cached"
+    assert time.monotonic() - t0 < 5
+    local = LocalDockerBackend(LocalDockerConfig(base_image=BASE)).prepare(spec)
+    assert local.env_key == hit.env_key and local.cached  # the host's engine is this one
+
+
+def test_a_second_submit_after_one_edit_ships_about_that_file(project: Path, work: Path) -> None:
+    (project / "conf" / "target").mkdir(parents=True)
+    (project / "conf" / "target" / "box.yaml").write_text(
+        f"backend: remote_docker\nhost: {LOOPBACK}\nssh_config: {SSH_CONFIG}\n"
+        f"work_dir: {work}\nbase_image: {BASE}\n")
+    lib = project / "lib"
+    lib.mkdir()
+    for i in range(40):
+        (lib / f"mod{i}.py").write_text(f"# module {i}\n" + "x = 1\n" * 500)
+    (project / "job.py").write_text("print('job ran')\n")
+    args = ("submit", "target=box", "env=docker_python", "model=script", "model.path=job.py")
+    r1 = run_cli(*args, cwd=project, timeout=300)
+    assert r1.returncode == 0, r1.stderr
+    (lib / "mod7.py").write_text("# module 7, edited\n")
+    r2 = run_cli(*args, cwd=project, timeout=300)
+    assert r2.returncode == 0, r2.stderr
+    first, second = sorted((project / ".runner" / "runs").iterdir())
+    s1 = json.loads((first / "remote.json").read_text())["shipped"]
+    s2 = json.loads((second / "remote.json").read_text())["shipped"]
+    assert s1["sent_files"] == s1["files"] == 42  # 40 modules, job.py, conf/target/box.yaml
+    assert s2["sent_files"] == 1 and s2["sent_bytes"] == len("# module 7, edited\n")
+    assert s2["archive_bytes"] < s2["bytes"] / 4  # request files + one module, not the project
+    assert "shipped 1 of 42 code files" in r2.stderr
+    remote_code = Path(json.loads((second / "remote.json").read_text())["remote_run_dir"]) / "code"
+    assert (remote_code / "lib" / "mod7.py").read_text() == "# module 7, edited\n"
+    assert (remote_code / "lib" / "mod8.py").read_text().startswith("# module 8")
+
+
+# -- GPUs -----------------------------------------------------------------------------------
+def test_gpus_reach_the_remote_engine(tmp_path: Path, work: Path) -> None:
+    hook_log = TB.get("RUNNER_FAKE_GPU_HOOK_LOG")
+    if not hook_log or TB.get("RUNNER_DOCKER_HOST_GPUS") != "fake":
+        pytest.skip("the engine has no stand-in NVIDIA hook (scripts/testbed.sh starts one)")
+    b = RemoteDockerBackend(config(work, gpus="0,1", gpu_preflight=False))
+    spec = make_run(tmp_path, b, "import os; print('cuda', os.environ.get('CUDA_VISIBLE_DEVICES'))",
+                    env=ENV)
+    spec = type(spec)(**{**spec.__dict__, "gpus": "0,1"})
+    prepared = b.prepare(spec)
+    before = len(Path(hook_log).read_text().splitlines())
+    handle = b.submit(spec, prepared)
+    assert handle.wait(90).state == RunState.SUCCEEDED
+    assert "cuda 0,1" in (spec.run_dir / "log.txt").read_text()
+    new = Path(hook_log).read_text().splitlines()[before:]
+    # the hook logs each container the engine started with a device request
+    assert any(ln.endswith("NVIDIA_VISIBLE_DEVICES=0,1") for ln in new), new
+
+
+def test_gpu_preflight_names_the_missing_host_layer(tmp_path: Path, work: Path) -> None:
+    b = RemoteDockerBackend(config(work, gpus="all"))
+    spec = make_run(tmp_path, b, "pass", env=ENV)
+    spec = type(spec)(**{**spec.__dict__, "gpus": "all"})
+    with pytest.raises(UserError) as e:
+        b.prepare(spec)
+    assert "missing layer: host driver" in e.value.message
+    assert any("nvidia-smi" in h for h in e.value.hints)
+
+
+# -- logs, cancel, outputs, reconcile ---------------------------------------------------------
+def _cut(b: RemoteDockerBackend) -> None:
+    """Kill the client's SSH connection under it: the ProxyCommand process we started, or the
+    TCP socket of a direct connection."""
+    transport = b.session.connect().transport
+    sock = transport.sock
+    proc = getattr(sock, "process", None)
+    if proc is not None:
+        os.kill(proc.pid, signal.SIGKILL)
+    else:
+        sock.shutdown(socket.SHUT_RDWR)
+
+
+@pytest.mark.parametrize("host", [LOOPBACK, NETNS or LOOPBACK], ids=["loopback", "proxycommand"])
+def test_logs_survive_a_killed_connection_without_losing_or_repeating_a_line(
+        tmp_path: Path, work: Path, host: str) -> None:
+    b = RemoteDockerBackend(config(work, host=host))
+    spec = make_run(tmp_path, b, "import time\nfor i in range(80):\n"
+                                 "    print(f'tick {i}', flush=True)\n    time.sleep(0.04)\n", env=ENV)
+    handle = b.submit(spec, b.prepare(spec))
+    seen: list[str] = []
+    offset, cuts = 0, 0
+    while True:
+        ended = handle.status().terminal
+        for nxt, line in list(handle.logs(offset)):
+            seen.append(line)
+            offset = nxt
+        if cuts < 2 and len(seen) > 10 + 30 * cuts:
+            _cut(b)
+            cuts += 1
+        if ended:
+            break
+        time.sleep(0.1)
+    assert handle.status().state == RunState.SUCCEEDED
+    ticks = [ln.strip() for ln in seen if ln.startswith("tick")]
+    assert ticks == [f"tick {i}" for i in range(80)]
+    assert cuts == 2 and b.session.reconnects >= 2
+
+
+def test_cancel_through_the_cli_leaves_no_container(project: Path, work: Path) -> None:
+    _target(project, work)
+    (project / "job.py").write_text("import time\nprint('working', flush=True)\ntime.sleep(120)\n")
+    r = run_cli("submit", "--detach", "target=box", "env=docker_python", "model=script",
+                "model.path=job.py", cwd=project, timeout=300)
+    assert r.returncode == 0, r.stderr
+    run_id = next((project / ".runner" / "runs").iterdir()).name
+    assert len(containers_of(run_id)) == 1
+    r = run_cli("cancel", run_id, cwd=project)
+    assert "CANCELLED" in r.stderr
+    assert containers_of(run_id) == []
+    r = run_cli("runs", cwd=project)
+    assert "CANCELLED" in r.stdout
+
+
+def _target(project: Path, work: Path, **extra: object) -> None:
+    (project / "conf" / "target").mkdir(parents=True, exist_ok=True)
+    lines = ["backend: remote_docker", f"host: {LOOPBACK}", f"ssh_config: {SSH_CONFIG}",
+             f"work_dir: {work}", f"base_image: {BASE}", "cancel_grace: 3"]
+    lines += [f"{k}: {v}" for k, v in extra.items()]
+    (project / "conf" / "target" / "box.yaml").write_text("\n".join(lines) + "\n")
+
+
+def test_a_killed_client_leaves_a_run_that_runs_reconciles_and_logs_f_reattaches(
+        project: Path, work: Path) -> None:
+    _target(project, work)
+    (project / "job.py").write_text(
+        "import time, runner\nfor i in range(30):\n    print(f'step {i}', flush=True)\n"
+        "    time.sleep(0.1)\nrunner.log_metric('done', 1.0)\n"
+        "(runner.outputs_dir() / 'result.txt').write_text('ok')\n")
+    import sys
+
+    from .conftest import REPO  # noqa: F401 - the CLI runs from the installed package
+
+    proc = subprocess.Popen([sys.executable, "-m", "runner.cli", "submit", "target=box",
+                             "env=docker_python", "model=script", "model.path=job.py"],
+                            cwd=project, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if "step 3" in line:
+            break
+    proc.kill()
+    proc.wait()
+    run_id = next((project / ".runner" / "runs").iterdir()).name
+    r = run_cli("runs", cwd=project)
+    assert "RUNNING" in r.stdout  # the run went on without its client
+    r = run_cli("logs", run_id, "-f", cwd=project, timeout=120)  # from another process
+    steps = [ln for ln in r.stdout.splitlines() if ln.startswith("step")]
+    assert steps == [f"step {i}" for i in range(30)]
+    r = run_cli("runs", cwd=project)
+    assert "SUCCEEDED" in r.stdout
+    rd = project / ".runner" / "runs" / run_id
+    assert (rd / "outputs" / "result.txt").read_text() == "ok"
+    assert containers_of(run_id) == []
+
+
+def test_outputs_over_the_cap_stay_on_the_host_with_a_message(tmp_path: Path, work: Path) -> None:
+    b = RemoteDockerBackend(config(work, max_fetch_mb=1))
+    spec = make_run(tmp_path, b, "import runner\nrunner.log_metric('m', 2.0)\n"
+                                 "(runner.outputs_dir() / 'big.bin').write_bytes(b'0' * 3_000_000)",
+                    env=ENV)
+    handle = b.submit(spec, b.prepare(spec))
+    assert handle.wait(90).state == RunState.SUCCEEDED
+    out = spec.run_dir / "outputs"
+    assert not (out / "big.bin").exists()
+    note = (out / "NOT_FETCHED.txt").read_text()
+    assert "max_fetch_mb" in note and "2.9 MiB" in note
+    assert RunDir(spec.run_dir).summary() == {"m": 2.0}  # the small files still came back
+
+
+def test_safe_extraction_keeps_everything_inside_the_run_directory(tmp_path: Path) -> None:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name in ("../escape.txt", "/tmp/absolute.txt", "outputs/ok.txt"):
+            info = tarfile.TarInfo(name)
+            info.size = 2
+            tar.addfile(info, io.BytesIO(b"hi"))
+        link = tarfile.TarInfo("outputs/passwd")
+        link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        tar.addfile(link)
+        big = tarfile.TarInfo("outputs/big")
+        big.size = 5000
+        tar.addfile(big, io.BytesIO(b"0" * 5000))
+    dest = tmp_path / "run"
+    with pytest.raises(UserError, match="cap"):
+        safe_extract(buf.getvalue(), dest, max_bytes=1000)
+    skipped = safe_extract(buf.getvalue(), dest, max_bytes=10_000)
+    assert set(skipped) == {"../escape.txt", "/tmp/absolute.txt", "outputs/passwd"}
+    assert (dest / "outputs" / "ok.txt").read_text() == "hi"
+    assert not (tmp_path / "escape.txt").exists() and not (dest / "outputs" / "passwd").exists()
+
+
+def test_slots_are_not_oversubscribed(tmp_path: Path, work: Path) -> None:
+    b = RemoteDockerBackend(config(work, slots=1, slot_wait=2))
+    busy = make_run(tmp_path, b, "import time\nprint('holding', flush=True)\ntime.sleep(120)",
+                    env=ENV)
+    first = b.submit(busy, b.prepare(busy))
+    try:
+        other = make_run(tmp_path, b, "print('second')", env=ENV)
+        with pytest.raises(UserError, match="no free slot") as e:
+            b.submit(other, b.prepare(other))
+        assert busy.run_id in e.value.message
+        assert containers_of(other.run_id) == []
+        # a waiting submit starts as soon as the slot frees
+        b2 = RemoteDockerBackend(config(work, slots=1, slot_wait=60))
+        got: list[RunHandle] = []
+        t = threading.Thread(target=lambda: got.append(b2.submit(other, b2.prepare(other))))
+        t.start()
+        time.sleep(2)
+        assert not got
+        first.cancel()
+        t.join(60)
+        assert got and got[0].wait(90).state == RunState.SUCCEEDED
+    finally:
+        first.cancel()
+
+
+# -- broken hosts -----------------------------------------------------------------------------
+def test_a_host_without_docker_on_its_path_gets_a_clear_error(tmp_path: Path, work: Path) -> None:
+    b = RemoteDockerBackend(config(work, docker="env PATH=/nonexistent docker"))
+    spec = make_run(tmp_path, b, "pass", env=ENV)
+    with pytest.raises(UserError) as e:
+        b.prepare(spec)
+    assert "non-interactive PATH" in e.value.message
+    assert any("target.docker" in h for h in e.value.hints)
+
+
+def test_doctor_prints_every_check_with_a_fix(project: Path, work: Path) -> None:
+    _target(project, work)
+    r = run_cli("doctor", "box", cwd=project)
+    assert r.returncode == 0, r.stdout + r.stderr
+    for name in ("ssh", "docker on PATH", "docker permission", "disk space", "clock skew"):
+        assert name in r.stdout
+    (project / "conf" / "target" / "box.yaml").write_text(
+        (project / "conf" / "target" / "box.yaml").read_text()
+        + "docker: env PATH=/nonexistent docker\nmin_free_mb: 100000000\n")
+    r = run_cli("doctor", "box", cwd=project)
+    assert r.returncode != 0
+    assert "FAIL" in r.stdout and "set target.docker" in r.stdout
+
+
+def test_an_unwritable_work_dir_gets_a_clear_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    b = RemoteDockerBackend(config(blocker / "work"))
+    spec = make_run(tmp_path, b, "pass", env=ENV)
+    with pytest.raises(UserError) as e:
+        b.prepare(spec)
+    assert "cannot be written" in e.value.message and str(blocker / "work") in e.value.message
+    assert any("target.work_dir" in h for h in e.value.hints)
+
+
+@pytest.fixture
+def tiny_fs(tmp_path: Path) -> Iterator[Path]:
+    """A 512 KiB file system, mounted for one test (the 'full disk')."""
+    mnt = tmp_path / "tiny"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(mnt)],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {r.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", str(mnt)], capture_output=True)
+
+
+def test_a_full_work_dir_gets_a_clear_error(tmp_path: Path, tiny_fs: Path) -> None:
+    b = RemoteDockerBackend(config(tiny_fs / "work"))
+    spec = make_run(tmp_path, b, "pass", env=ENV)
+    prepared = b.prepare(spec)
+    with pytest.raises(UserError) as e:  # the free-space floor (1 GiB by default)
+        b.submit(spec, prepared)
+    assert "is full" in e.value.message and "min_free_mb" in e.value.message
+    b = RemoteDockerBackend(config(tiny_fs / "work", min_free_mb=0))
+    (spec.run_dir / "code" / "data.bin").write_bytes(os.urandom(2_000_000))
+    with pytest.raises(UserError) as e:  # the disk fills while the code is unpacked
+        b.submit(spec, b.prepare(spec))
+    assert "is full" in e.value.message and "No space left" in e.value.message
+    assert containers_of(spec.run_id) == []
