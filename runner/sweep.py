@@ -76,6 +76,7 @@ class Job:
     status: RunStatus | None = None  #: final status once ended
     summary: dict[str, float] = field(default_factory=dict)  #: final metrics
     offset: int = 0  #: how much of its log has been printed
+    next_check: float = 0.0  #: when to ask its backend again (monotonic clock)
     started: float | None = None
     ended: float | None = None
 
@@ -150,7 +151,7 @@ class Sweep:
     def __init__(
         self, runs: Runs, *, sweep_id: str | None = None, fail_fast: bool = False,
         skip_done: bool = False, max_parallel: int | None = None, objective: str | None = None,
-        show_logs: bool = True, poll: float = 0.25, out: TextIO | None = None,
+        show_logs: bool = True, poll: float = 0.1, out: TextIO | None = None,
         log_out: TextIO | None = None, argv: Sequence[str] = (),
     ) -> None:
         self.runs = runs
@@ -172,6 +173,7 @@ class Sweep:
         self._lock = threading.Lock()
         self.cancelled = False
         self.failed_fast = False
+        self._active: list[Job] = []  # started by add(), before run() took over
         if sweep_id is not None:
             info = self.info()
             self.manifest_digest = info.get("manifest_digest")
@@ -189,10 +191,17 @@ class Sweep:
             self.poll = poll
 
     def abort(self) -> None:
-        """Record every job that never started as CANCELLED (an interrupt while composing)."""
-        for job in self.jobs:
-            if job.handle is None and not job.done:
-                self._end(job, RunStatus(RunState.CANCELLED, message="cancelled before it started"))
+        """Cancel every job that started and record the others as CANCELLED (an interrupt
+        while the sweeper was still handing jobs over)."""
+        old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            self._cancel_all([j for j in self.jobs if j.handle is not None and not j.done],
+                             "cancelled")
+            for job in self.jobs:
+                if job.handle is None and not job.done:
+                    self._end(job, RunStatus(RunState.CANCELLED, message="cancelled before it started"))
+        finally:
+            signal.signal(signal.SIGINT, old)
         self.cancelled = True
 
     # -- the sweep's folder and record ------------------------------------------------
@@ -285,14 +294,17 @@ class Sweep:
                                          code_from=self.code_dir)
             job.run_id, job.spec = rec.id, spec
             self._say(f"[job {num}] {rec.id} QUEUED  {self._label(job)}")
+            # start at once when there is room: the next jobs are recorded while it runs
+            if not self.failed_fast and self.capacity.free(plan) and self._start(job):
+                self._active.append(job)
         self.jobs.append(job)
         return job
 
     # -- running ------------------------------------------------------------------------
     def run(self, jobs: Sequence[Job]) -> list[Job]:
         """Submit ``jobs`` as capacity allows and wait for all of them to end."""
-        pending = [j for j in jobs if not j.done]
-        active: list[Job] = []
+        pending = [j for j in jobs if not j.done and j.handle is None]
+        active = [j for j in jobs if not j.done and j.handle is not None]
         try:
             while pending or active:
                 self._check_not_cancelled()
@@ -308,7 +320,12 @@ class Sweep:
                     pending.remove(job)
                     if self._start(job):
                         active.append(job)
+                now = time.monotonic()
                 for job in list(active):
+                    if job.next_check > now:
+                        continue
+                    assert job.handle is not None
+                    job.next_check = now + max(self.poll, type(job.handle).poll_interval)
                     if self._watch(job):
                         active.remove(job)
                         if not job.ok and self.fail_fast and not self.failed_fast:

@@ -41,7 +41,7 @@ class RunnerLauncherConf:
     max_parallel: int = 0  # jobs running at once over all targets; 0 = as many as the slots allow
     objective: str | None = None  # metric returned to the sweeper (Optuna optimizes it)
     show_logs: bool = True  # print every job's log, each line prefixed by [job N]
-    poll: float = 0.25  # seconds between looks at the running jobs
+    poll: float = 0.1  # seconds between looks at the jobs (at least the backend's own interval)
 
 
 ConfigStore.instance().store(group="hydra/launcher", name="runner", node=RunnerLauncherConf,
@@ -52,7 +52,7 @@ class RunnerLauncher(Launcher):
     """Hands each batch of jobs to the runner's sweep session; see the module docstring."""
 
     def __init__(self, max_parallel: int = 0, objective: str | None = None,
-                 show_logs: bool = True, poll: float = 0.25) -> None:
+                 show_logs: bool = True, poll: float = 0.1) -> None:
         self.max_parallel = max_parallel
         self.objective = objective
         self.show_logs = show_logs
