@@ -48,6 +48,7 @@ def main() -> int:
     from runner.plugins.local_docker import LocalDockerBackend, LocalDockerConfig
     from runner.testing import make_run
 
+    load = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="runner-bench-") as tmp:
         root = Path(tmp)
         proj = root / "proj"
@@ -79,8 +80,13 @@ def main() -> int:
         for _ in range(args.reps):
             submit.append(timed(cli + ["submit", *overrides], proj, env))
             docker_run.append(timed(plain, proj, env))
-        python_start = [timed([sys.executable, "-c", "import runner.cli"], proj, env)
-                        for _ in range(args.reps)]
+        in_process = []
+        for _ in range(args.reps):
+            run = make_run(root / "runs", backend, "pass", env=spec.env)
+            t0 = time.perf_counter()
+            st = backend.submit(run, backend.prepare(run)).wait(120)
+            in_process.append(time.perf_counter() - t0)
+            assert st.exit_code == 0, st
 
     med = statistics.median
     added = med(submit) - med(docker_run)
@@ -90,7 +96,9 @@ def main() -> int:
         ("`runner submit target=local_docker` of a no-op script (end to end)", med(submit)),
         ("plain `docker run --rm` of the same image, same no-op", med(docker_run)),
         ("**added by the runner** (difference of medians)", added),
-        ("of which: starting Python and importing the CLI", med(python_start)),
+        ("the backend alone: prepare (hit) + submit + wait, in process", med(in_process)),
+        ("the CLI alone: `runner prepare` minus its prepare (start, compose, plugins)",
+         med(prepare_cli) - med(hits)),
         ("prepare cache hit (backend.prepare, in process)", med(hits)),
         ("`runner prepare` cache hit (whole CLI)", med(prepare_cli)),
     ]
@@ -99,7 +107,8 @@ def main() -> int:
         "",
         f"`{' '.join(['.venv/bin/python', 'bench/docker_overhead.py', '--reps', str(args.reps)])}` "
         f"on {platform.node() or 'this machine'}: {os.cpu_count()} CPUs, Docker {engine}, "
-        f"Python {platform.python_version()}, {time.strftime('%Y-%m-%d')}. Medians of "
+        f"Python {platform.python_version()}, {time.strftime('%Y-%m-%d')}, load average "
+        f"{load:.1f} at the start (other jobs share the CPUs). Medians of "
         f"{args.reps} interleaved runs, env image cached.",
         "",
         "| what | seconds |",
