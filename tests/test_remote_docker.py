@@ -464,6 +464,27 @@ def test_slots_are_not_oversubscribed(tmp_path: Path, work: Path) -> None:
         first.cancel()
 
 
+def test_secrets_reach_the_container_but_no_file_or_command_line(
+        tmp_path: Path, work: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RUNNER_TEST_TOKEN", "abc-secret-123")
+    b = RemoteDockerBackend(config(work))
+    digest = hashlib.sha256(b"abc-secret-123").hexdigest()
+    spec = make_run(tmp_path, b, "import hashlib, os\nprint('token ok', hashlib.sha256("
+                                 "os.environ['RUNNER_TEST_TOKEN'].encode()).hexdigest() == "
+                                 f"'{digest}')", env=ENV)
+    rd = RunDir(spec.run_dir)
+    rd.write_request(rd.request() | {"secret_env": ["RUNNER_TEST_TOKEN"]})
+    handle = b.submit(spec, b.prepare(spec))
+    assert handle.wait(90).state == RunState.SUCCEEDED
+    assert "token ok True" in rd.log.read_text()
+    remote = Path(json.loads((spec.run_dir / "remote.json").read_text())["remote_run_dir"])
+    for folder in (remote, spec.run_dir):
+        for p in folder.rglob("*"):
+            assert not p.name.startswith(".runner-env")
+            if p.is_file():
+                assert b"abc-secret-123" not in p.read_bytes(), p
+
+
 # -- broken hosts -----------------------------------------------------------------------------
 def test_a_host_without_docker_on_its_path_gets_a_clear_error(tmp_path: Path, work: Path) -> None:
     b = RemoteDockerBackend(config(work, docker="env PATH=/nonexistent docker"))
@@ -527,3 +548,54 @@ def test_a_full_work_dir_gets_a_clear_error(tmp_path: Path, tiny_fs: Path) -> No
         b.submit(spec, b.prepare(spec))
     assert "is full" in e.value.message and "No space left" in e.value.message
     assert containers_of(spec.run_id) == []
+
+
+@pytest.mark.slow
+@pytest.mark.tf
+def test_sentiment_cnn_trains_on_the_remote_with_gpus_requested(tmp_path: Path,
+                                                                 work: Path) -> None:
+    """The lab's experiment end to end on the remote target: the env image with TensorFlow is
+    built on the host (minutes the first time), one short epoch on generated reviews, --gpus
+    reaches the engine, and the metrics and the saved model come back."""
+    from runner.registry import collect, make_plugin_manager
+
+    if "sentiment_cnn" not in collect(make_plugin_manager(entry_points=False)).models:
+        pytest.skip("the sentiment_cnn model plugin is not registered")
+    hook_log = TB.get("RUNNER_FAKE_GPU_HOOK_LOG")
+    gpus = "0" if hook_log and TB.get("RUNNER_DOCKER_HOST_GPUS") == "fake" else None
+    env = EnvSpec(name="tf_cpu", base_image=BASE, requirements=("tensorflow-cpu>=2.16", "keras>=3"))
+    b = RemoteDockerBackend(config(work, gpus=gpus, gpu_preflight=False))
+    spec = make_run(tmp_path, b, "pass", env=env)
+    rd = RunDir(spec.run_dir)
+    words_good = ["wonderful", "moving", "clever", "great", "loved", "superb", "charming"]
+    words_bad = ["dull", "boring", "wooden", "terrible", "hated", "messy", "tedious"]
+    import random
+
+    rng = random.Random(0)
+    reviews = rd.code / "reviews"
+    reviews.mkdir()
+    for name, words in (("reviews.pos", words_good), ("reviews.neg", words_bad)):
+        (reviews / name).write_text("\n".join(
+            " ".join(rng.choice(words + ["the", "a", "film", "plot"]) for _ in range(12))
+            for _ in range(150)) + "\n")
+    request = rd.request()
+    request.update({
+        "model": "sentiment_cnn", "gpus": gpus,
+        "model_config": {"name": "sentiment_cnn", "epochs": 1, "maxlen": 20, "num_words": 200,
+                         "filters": 8, "hidden_dims": 8, "embedding_dim": 8, "batch_size": 16,
+                         "verbose": 2},
+        "data": {"name": "text_files", "path": "/runner/run/code/reviews", "format": "pos_neg",
+                 "test_split": 0.2, "val_split": 0.0},
+    })
+    rd.write_request(request)
+    spec = type(spec)(**{**spec.__dict__, "model": "sentiment_cnn", "gpus": gpus})
+    prepared = b.prepare(spec)
+    before = len(Path(hook_log).read_text().splitlines()) if gpus and hook_log else 0
+    st = b.submit(spec, prepared).wait(900)
+    log = rd.log.read_text()
+    assert st.state == RunState.SUCCEEDED, log[-3000:]
+    assert any("acc" in m["name"] for m in rd.read_metrics())
+    assert any(p.is_file() for p in rd.outputs.rglob("*"))  # the saved model came back
+    if gpus and hook_log:
+        new = Path(hook_log).read_text().splitlines()[before:]
+        assert any(ln.endswith("NVIDIA_VISIBLE_DEVICES=0") for ln in new), new
