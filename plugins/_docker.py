@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import secrets
 import shlex
 import subprocess
 import sys
@@ -395,14 +396,15 @@ def ensure_env_image(
     say(f"[runner] env {env.name}: {reason}; building image {tag} on {base}")
     text = dockerfile(base_id, inputs.get("apt", []), bool(inputs["requirements"]))
     context = build_context(text, inputs["requirements"], bundle)
-    staging = f"{IMAGE_REPO}:building-{key}"
+    # unique per build: two prepares of the same env at once (a sweep) must not share it
+    staging = f"{IMAGE_REPO}:building-{key}-{os.getpid()}-{secrets.token_hex(2)}"
     argv = [cli.docker, "build", "--network", build_network, "-t", staging,
             "--label", f"{L_MANAGED}=1", "--label", f"{L_KIND}=env",
             "--label", f"{L_ENV_KEY}={key}", "--label", f"{L_ENV_NAME}={env.name}",
             "--label", f"{L_ENV_INPUTS}={json.dumps(inputs, sort_keys=True, separators=(',', ':'))}",
             "-f", "Dockerfile", "-"]
     t0 = time.monotonic()
-    r = cli.executor.stream(argv, input=context, on_line=lambda s: say(f"  [build] {s}"))
+    r = cli.executor.stream(argv, input=context, on_line=lambda s: _build_line(s, say))
     if not r.ok:
         cli("image", "rm", staging)
         raise UserError(
@@ -421,6 +423,17 @@ def ensure_env_image(
     img = cli.inspect_one(tag, kind="image") or {}
     say(f"[runner] env {env.name}: image {tag} built in {time.monotonic() - t0:.1f}s")
     return EnvImage(key, tag, str(img.get("Id", "")), False, reason, python)
+
+
+_BUILDER_NOTICE = ("DEPRECATED: The legacy builder", "Install the buildx component",
+                   "https://docs.docker.com/go/buildx")
+
+
+def _build_line(line: str, say: Callable[[str], None]) -> None:
+    """Pass a build output line on, without blank lines and the legacy builder's notice."""
+    text = line.strip()
+    if text and not text.startswith(_BUILDER_NOTICE):
+        say(f"  [build] {line}")
 
 
 def _check_image(cli: DockerCLI, image: str, env: EnvSpec) -> str:
