@@ -19,7 +19,16 @@ from pathlib import Path
 from typing import Any
 
 from runner import hookimpl
-from runner.backend import Backend, BackendConfig, Prepared, RunHandle, RunSpec, RunState, RunStatus
+from runner.backend import (
+    Backend,
+    BackendConfig,
+    Command,
+    Prepared,
+    RunHandle,
+    RunSpec,
+    RunState,
+    RunStatus,
+)
 from runner.bundle import worker_bundle
 from runner.errors import UserError
 from runner.plugins import _docker as dk
@@ -305,3 +314,39 @@ def clean(containers: Iterable[dk.Container], *, docker: str = "docker") -> list
 @hookimpl
 def runner_register_backends(register: Any) -> None:
     register(LocalDockerBackend)
+
+
+def _orphan_arguments(parser: Any) -> None:
+    parser.add_argument("--clean", action="store_true",
+                        help="remove them (running ones are killed); without it, only list")
+    parser.add_argument("--docker", default="docker", help="the docker command (default: docker)")
+
+
+def _orphans_command(args: Any) -> int:
+    # the ledger knows which runs are still in flight; everything else labelled ours is an orphan
+    from runner.backend import RunState
+    from runner.launch import Runs
+
+    runs = Runs()
+    runs.reconcile()
+    active = [r.id for r in runs.store.list(states=(RunState.QUEUED, RunState.PREPARING,
+                                                     RunState.RUNNING))]
+    found = orphans(active, project=runs.project_root, docker=args.docker)
+    if not found:
+        print("no orphan containers for this project")
+        return 0
+    for c in found:
+        print(f"{c.name}  {c.state:10}  run {c.run_id or '-'}  ({c.kind})")
+    if args.clean:
+        removed = clean(found, docker=args.docker)
+        print(f"removed {len(removed)} container(s)")
+    else:
+        print(f"{len(found)} orphan container(s); `runner docker-orphans --clean` removes them")
+    return 0
+
+
+@hookimpl
+def runner_register_commands(register: Any) -> None:
+    register(Command("docker-orphans",
+                     "list (and with --clean remove) this project's containers no run accounts for",
+                     _orphan_arguments, _orphans_command))

@@ -218,6 +218,28 @@ def test_orphans_are_listed_and_cleaned(tmp_path: Path, backend: LocalDockerBack
         handle.cancel()
 
 
+def test_runner_docker_orphans_lists_and_cleans_a_projects_strays(
+    tmp_path: Path, backend: LocalDockerBackend
+) -> None:
+    from .conftest import run_cli
+
+    project = tmp_path / "proj"
+    (project / ".runner").mkdir(parents=True)
+    spec = make_run(project, backend, "import time; time.sleep(60)", env=ENV)
+    handle = backend.submit(spec, backend.prepare(spec))  # started outside the ledger: a stray
+    try:
+        listed = run_cli("docker-orphans", cwd=project)
+        assert listed.returncode == 0, listed.stderr
+        assert f"runner-{spec.run_id}" in listed.stdout and "--clean" in listed.stdout
+        assert containers_of(spec.run_id) != []
+        cleaned = run_cli("docker-orphans", "--clean", cwd=project)
+        assert "removed 1 container(s)" in cleaned.stdout
+        assert containers_of(spec.run_id) == []
+        assert "no orphan containers" in run_cli("docker-orphans", cwd=project).stdout
+    finally:
+        handle.cancel()
+
+
 def test_a_failed_start_leaves_no_created_container(
     tmp_path: Path, backend: LocalDockerBackend, monkeypatch: pytest.MonkeyPatch
 ) -> None:
