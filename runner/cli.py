@@ -97,7 +97,9 @@ def _plugin_commands(p: argparse.ArgumentParser) -> dict[str, Any]:
     from runner.registry import collect, make_plugin_manager
 
     sub = next(a for a in p._actions if isinstance(a, argparse._SubParsersAction))
-    commands = collect(make_plugin_manager()).commands
+    _PLUGINS["pm"] = pm = make_plugin_manager()
+    _PLUGINS["registry"] = registry = collect(pm)  # built once per command, shared with Runs
+    commands = registry.commands
     for name, cmd in commands.items():
         if name in sub.choices:
             from runner.errors import UserError
@@ -268,6 +270,12 @@ def _compose_and_run(
     ensure_registered()
     if sweep is not None:
         attach(task_function, sweep)
+    if not any(a.lstrip("+").startswith("hydra.mode=") for a in hydra_args):
+        # Hydra composes the whole config once only to read `hydra.mode`, which our config
+        # leaves unset (-m decides); skipping that saves a full composition per command.
+        from hydra._internal.hydra import Hydra
+
+        Hydra.get_mode = lambda self, config_name, overrides: None  # type: ignore[method-assign]
     parser = get_args_parser()
     args = parser.parse_args(hydra_args)
     _run_hydra(args=args, args_parser=parser, task_function=task_function,
@@ -276,10 +284,13 @@ def _compose_and_run(
         raise failed[0]
 
 
+_PLUGINS: dict[str, Any] = {}
+
+
 def _runs() -> Runs:
     from runner.launch import Runs
 
-    return Runs()
+    return Runs(pm=_PLUGINS.get("pm"), registry=_PLUGINS.get("registry"))
 
 
 def _err(text: str) -> None:
@@ -678,10 +689,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def cmd_plugins(args: argparse.Namespace) -> int:
     from rich.table import Table
 
-    from runner.registry import collect, make_plugin_manager, plugin_distributions
+    from runner.registry import plugin_distributions
 
-    pm = make_plugin_manager()
-    reg = collect(pm)
+    runs = _runs()
+    pm, reg = runs.pm, runs.registry
     dists = plugin_distributions(pm)
     t = Table(box=None, pad_edge=False)
     for col in ("plugin", "from", "registered", "hooks"):

@@ -115,6 +115,7 @@ class Store:
             ignore.write_text("*\n")  # the ledger never ends up in the user's commits
         self.db_path = self.home / "runs.db"
         with self._connect() as db:
+            db.execute("PRAGMA journal_mode=WAL")  # persistent: readers never block the writer
             db.executescript(_SCHEMA)
 
     @classmethod
@@ -126,8 +127,10 @@ class Store:
         db = sqlite3.connect(self.db_path, timeout=30, isolation_level=None)
         db.row_factory = sqlite3.Row
         try:
-            db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA busy_timeout=30000")
+            # WAL with synchronous=NORMAL: a crash of any process loses nothing committed; only
+            # a power cut may drop the last transactions (and never corrupts the database)
+            db.execute("PRAGMA synchronous=NORMAL")
             yield db
         finally:
             db.close()
