@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,7 @@ from runner.backend import Backend, BackendConfig, Prepared, RunHandle, RunSpec,
 from runner.bundle import cache_root, worker_bundle
 from runner.environment import env_inputs, env_key, explain_miss
 from runner.errors import UserError
-from runner.rundir import RunDir, lost_or_cancelled
+from runner.rundir import LocalDirHandleMixin, RunDir, lost_or_cancelled
 
 
 @dataclass
@@ -61,7 +61,7 @@ def _start_time(pid: int) -> str | None:
     return stat[stat.rfind(")") + 2 :].split()[19]
 
 
-class LocalHandle(RunHandle):
+class LocalHandle(LocalDirHandleMixin, RunHandle):
     """A worker process group on this machine."""
 
     def __init__(
@@ -129,13 +129,6 @@ class LocalHandle(RunHandle):
         except ProcessLookupError:
             pass
 
-    def logs(self, offset: int = 0) -> Iterator[tuple[int, str]]:
-        final = self.status().terminal
-        yield from self.rd.read_log(offset, final=final)
-
-    def fetch_outputs(self, dest: Path) -> None:
-        if Path(dest).resolve() != self.rd.path.resolve():
-            shutil.copytree(self.rd.path, dest, dirs_exist_ok=True)
 
 
 class LocalBackend(Backend):

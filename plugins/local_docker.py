@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,7 +31,7 @@ from runner.backend import (
 from runner.bundle import worker_bundle
 from runner.errors import UserError
 from runner.plugins import _docker as dk
-from runner.rundir import RunDir, lost_or_cancelled
+from runner.rundir import LocalDirHandleMixin, RunDir, lost_or_cancelled
 
 NETWORKS = ("default", "host", "none")
 #: seconds a container may sit in "Created" before its run counts as never started
@@ -58,7 +57,7 @@ class LocalDockerConfig(BackendConfig):
     cancel_grace: float = 10.0  # seconds between SIGTERM and SIGKILL when cancelling
 
 
-class DockerHandle(RunHandle):
+class DockerHandle(LocalDirHandleMixin, RunHandle):
     """A run container on this machine's engine."""
 
     def __init__(self, run_id: str, run_dir: Path, container: str, cli: dk.DockerCLI,
@@ -171,13 +170,6 @@ class DockerHandle(RunHandle):
         self.cli.remove(self.container)
         return final
 
-    def logs(self, offset: int = 0) -> Iterator[tuple[int, str]]:
-        final = self.status().terminal
-        yield from self.rd.read_log(offset, final=final)
-
-    def fetch_outputs(self, dest: Path) -> None:
-        if Path(dest).resolve() != self.rd.path.resolve():
-            shutil.copytree(self.rd.path, dest, dirs_exist_ok=True)
 
 
 def _age(created: str) -> float:

@@ -181,3 +181,21 @@ def lost_or_cancelled(rd: RunDir, why: str) -> RunStatus:
     if rd.cancel_requested:
         return RunStatus(RunState.CANCELLED, exit_code=None, message="cancelled")
     return RunStatus(RunState.LOST, message=why)
+
+
+class LocalDirHandleMixin:
+    """``logs`` and ``fetch_outputs`` for run handles whose run directory is on this machine
+    (the worker writes into it directly: a local process, a bind-mounted container)."""
+
+    rd: RunDir
+    status: Any  # the RunHandle it is mixed into provides status()
+
+    def logs(self, offset: int = 0) -> Iterator[tuple[int, str]]:
+        final = self.status().terminal
+        yield from self.rd.read_log(offset, final=final)
+
+    def fetch_outputs(self, dest: Path) -> None:
+        import shutil
+
+        if Path(dest).resolve() != self.rd.path.resolve():
+            shutil.copytree(self.rd.path, dest, dirs_exist_ok=True)
