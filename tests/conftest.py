@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -44,3 +45,17 @@ def cli(project: Path):  # type: ignore[no-untyped-def]
         return run_cli(*args, **kw)
 
     return call
+
+
+def testbed_env() -> dict[str, str]:
+    """What ``scripts/testbed.sh up`` recorded (its ``env`` file: hosts, keys, addresses),
+    overridden by the real environment."""
+    path = Path(os.environ.get("RUNNER_TESTBED_DIR", "/tmp/runner-testbed")) / "env"
+    out: dict[str, str] = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            parts = shlex.split(line)
+            if len(parts) == 2 and parts[0] == "export" and "=" in parts[1]:
+                k, v = parts[1].split("=", 1)
+                out[k] = v
+    return out | {k: v for k, v in os.environ.items() if k.startswith("RUNNER_")}

@@ -14,9 +14,11 @@ from runner.rundir import RunDir
 from runner.store import Store
 from runner.testing import BackendContract, make_run
 
+from .conftest import testbed_env
+
 pytestmark = pytest.mark.ray
 
-ADDRESS = os.environ.get("RUNNER_TEST_RAY_ADDRESS", "")
+ADDRESS = testbed_env().get("RUNNER_TEST_RAY_ADDRESS", "")
 
 
 def _head_answers(address: str) -> bool:
@@ -32,7 +34,7 @@ def _head_answers(address: str) -> bool:
 if not _head_answers(ADDRESS):
     pytest.skip(
         "no Ray head answers at RUNNER_TEST_RAY_ADDRESS "
-        f"({ADDRESS or 'unset'}); `scripts/testbed.sh up` starts one on 127.0.0.1:8265",
+        f"({ADDRESS or 'unset'}); `scripts/testbed.sh up` starts one",
         allow_module_level=True,
     )
 pytest.importorskip("ray.job_submission", reason="the [ray] extra is not installed")

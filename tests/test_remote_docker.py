@@ -9,7 +9,6 @@ import hashlib
 import io
 import json
 import os
-import shlex
 import signal
 import socket
 import subprocess
@@ -34,23 +33,9 @@ from runner.plugins.remote_docker import (
 from runner.rundir import RunDir
 from runner.testing import BackendContract, make_run
 
-from .conftest import run_cli
+from .conftest import run_cli, testbed_env
 
-
-def _testbed_env() -> dict[str, str]:
-    """What scripts/testbed.sh recorded (its `env` file), overridden by the real environment."""
-    path = Path(os.environ.get("RUNNER_TESTBED_DIR", "/tmp/runner-testbed")) / "env"
-    out: dict[str, str] = {}
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            parts = shlex.split(line)
-            if len(parts) == 2 and parts[0] == "export" and "=" in parts[1]:
-                k, v = parts[1].split("=", 1)
-                out[k] = v
-    return out | {k: v for k, v in os.environ.items() if k.startswith("RUNNER_")}
-
-
-TB = _testbed_env()
+TB = testbed_env()
 BASE = TB.get("RUNNER_BASE_IMAGE", "runner-base:bookworm")
 SSH_CONFIG = TB.get("RUNNER_TEST_SSH_CONFIG", "")
 KNOWN_HOSTS = TB.get("RUNNER_TEST_KNOWN_HOSTS", "")
