@@ -47,7 +47,7 @@ def cli(project: Path):  # type: ignore[no-untyped-def]
     return call
 
 
-def testbed_env() -> dict[str, str]:
+def read_testbed_env() -> dict[str, str]:
     """What ``scripts/testbed.sh up`` recorded (its ``env`` file: hosts, keys, addresses),
     overridden by the real environment."""
     path = Path(os.environ.get("RUNNER_TESTBED_DIR", "/tmp/runner-testbed")) / "env"

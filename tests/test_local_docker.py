@@ -23,9 +23,9 @@ from runner.plugins.local_docker import DockerHandle, LocalDockerBackend, LocalD
 from runner.rundir import RunDir
 from runner.testing import BackendContract, make_run
 
-from .conftest import run_cli, testbed_env
+from .conftest import read_testbed_env, run_cli
 
-TESTBED = testbed_env()
+TESTBED = read_testbed_env()
 BASE = TESTBED.get("RUNNER_BASE_IMAGE", "runner-base:bookworm")
 
 

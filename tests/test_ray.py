@@ -14,11 +14,11 @@ from runner.rundir import RunDir
 from runner.store import Store
 from runner.testing import BackendContract, make_run
 
-from .conftest import testbed_env
+from .conftest import read_testbed_env
 
 pytestmark = pytest.mark.ray
 
-ADDRESS = testbed_env().get("RUNNER_TEST_RAY_ADDRESS", "")
+ADDRESS = read_testbed_env().get("RUNNER_TEST_RAY_ADDRESS", "")
 
 
 def _head_answers(address: str) -> bool:

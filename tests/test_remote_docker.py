@@ -33,9 +33,9 @@ from runner.plugins.remote_docker import (
 from runner.rundir import RunDir
 from runner.testing import BackendContract, make_run
 
-from .conftest import run_cli, testbed_env
+from .conftest import read_testbed_env, run_cli
 
-TB = testbed_env()
+TB = read_testbed_env()
 BASE = TB.get("RUNNER_BASE_IMAGE", "runner-base:bookworm")
 SSH_CONFIG = TB.get("RUNNER_TEST_SSH_CONFIG", "")
 KNOWN_HOSTS = TB.get("RUNNER_TEST_KNOWN_HOSTS", "")
