@@ -15,6 +15,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import replace
@@ -90,6 +93,33 @@ def port_fit(keras: Any, x: Any, y: Any, val: tuple[Any, Any], epochs: int, voca
 
 
 def imdb_shaped(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+    """Port and plugin, each fit in a fresh process, alternating A-B-B-A: fits run back to
+    back in one process drift by tens of percent (allocator, caches), which would swamp the
+    few percent being measured. Medians are compared."""
+    if args.one:
+        return _one_fit(args, tmp)
+    speeds: dict[str, list[float]] = {"port": [], "plugin": []}
+    device = None
+    order = ["port", "plugin", "plugin", "port"] * max(1, args.rounds // 2)
+    for i, who in enumerate(order):
+        print(f"== {who} ({i + 1}/{len(order)}): {args.samples} x {args.maxlen} tokens, "
+              f"{args.epochs} epochs, fresh process", flush=True)
+        out = subprocess.run(
+            [sys.executable, __file__, "--one", who, "--samples", str(args.samples),
+             "--maxlen", str(args.maxlen), "--epochs", str(args.epochs), "--skip-real"],
+            capture_output=True, text=True, check=True).stdout
+        result = json.loads(out[out.index("{"):])["imdb_shaped"]
+        speeds[who].append(result["speed"])
+        device = result.get("device") or device
+    port, plugin = statistics.median(speeds["port"]), statistics.median(speeds["plugin"])
+    return {"samples": args.samples, "maxlen": args.maxlen, "epochs": args.epochs,
+            "port_samples_per_s": round(port, 1), "plugin_samples_per_s": round(plugin, 1),
+            "port_each": [round(v, 1) for v in speeds["port"]],
+            "plugin_each": [round(v, 1) for v in speeds["plugin"]],
+            "ratio": round(plugin / port, 3), "device": device}
+
+
+def _one_fit(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     import numpy as np
 
     from runner.models.sentiment_cnn import SentimentCNN, SentimentCNNConfig
@@ -118,16 +148,11 @@ def imdb_shaped(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                                num_words=5000, maxlen=args.maxlen))
     x = datasets.fit_length(fold.x_train, args.maxlen)
     keras.utils.set_random_seed(0)
-    print(f"== port: {len(x)} x {args.maxlen} tokens, {args.epochs} epochs", flush=True)
-    port = port_fit(keras, x, fold.y_train, (fold.x_val, fold.y_val), args.epochs, 5000)
-    print("== plugin (faithful settings)", flush=True)
+    if args.one == "port":
+        return {"speed": port_fit(keras, x, fold.y_train, (fold.x_val, fold.y_val), args.epochs, 5000)}
     ctx = BenchContext(tmp / "out1", data)
-    cfg = replace(SentimentCNNConfig(), epochs=args.epochs, maxlen=args.maxlen)
-    SentimentCNN(cfg).run(ctx)
-    plugin = ctx.last("train_samples_per_s")
-    return {"samples": args.samples, "maxlen": args.maxlen, "epochs": args.epochs,
-            "port_samples_per_s": round(port, 1), "plugin_samples_per_s": round(plugin, 1),
-            "ratio": round(plugin / port, 3), "device": ctx.meta.get("device")}
+    SentimentCNN(replace(SentimentCNNConfig(), epochs=args.epochs, maxlen=args.maxlen)).run(ctx)
+    return {"speed": ctx.last("train_samples_per_s"), "device": ctx.meta.get("device")}
 
 
 def real_text(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
@@ -164,6 +189,9 @@ def main() -> None:
     p.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"
                                          / "rt-polarity"), help="real reviews for part 2")
     p.add_argument("--real-epochs", type=int, default=3)
+    p.add_argument("--one", choices=("port", "plugin"), help=argparse.SUPPRESS)
+    p.add_argument("--rounds", type=int, default=2,
+                   help="A-B-B-A rounds of port and plugin on IMDB-shaped data (medians compared)")
     p.add_argument("--skip-real", action="store_true")
     p.add_argument("--skip-shaped", action="store_true")
     args = p.parse_args()
