@@ -309,3 +309,12 @@ def test_a_pip_installed_plugin_is_listed_and_its_backend_runs_a_job(
     rec = last_run(project)
     assert rec.backend == "nice_local" and rec.summary == {"remaining": 0.0}
     assert (rec.run_dir / "outputs" / "liftoff.txt").exists()
+
+
+def test_a_project_with_its_own_models_and_plugins_packages_is_not_shadowed(project: Path, cli) -> None:  # type: ignore[no-untyped-def]
+    write(project, "models/__init__.py", "WHOSE = 'the project'\n")
+    write(project, "plugins/__init__.py", "WHOSE = 'the project'\n")
+    write(project, "train.py", "import models, plugins\nprint('models:', models.WHOSE, '| plugins:', plugins.WHOSE)\n")
+    res = cli("submit", "model=script", "model.path=train.py")
+    assert res.returncode == 0, res.stderr
+    assert "models: the project | plugins: the project" in res.stdout
