@@ -557,9 +557,12 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def _compact(v: Any) -> str:
-    import json
-
-    return json.dumps(v, default=str)
+    """A recorded fact on one line: dicts as ``key value, ...`` (empty values as "none")."""
+    if isinstance(v, dict):
+        return ", ".join(f"{k} {_compact(x)}" for k, x in v.items())
+    if isinstance(v, list):
+        return "[" + "; ".join(_compact(x) for x in v) + "]" if v else "none"
+    return str(v)
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
