@@ -3,13 +3,15 @@ is a detached, labelled container on this machine's Docker engine, with the run 
 bind-mounted as its working and output area.
 
 Orphaned containers (a run the ledger no longer tracks, a start that failed half-way) are found
-with :func:`orphans` and removed with :func:`clean`.
+with :func:`orphans` and removed with :func:`clean`; env images nothing uses any more are listed
+and removed by :func:`runner.plugins._docker.prune_report` (``runner docker-prune``).
 """
 
 from __future__ import annotations
 
 import math
 import os
+import shlex
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -337,8 +339,30 @@ def _orphans_command(args: Any) -> int:
     return 0
 
 
+def _prune_arguments(parser: Any) -> None:
+    parser.add_argument("--keep", type=int, default=1, metavar="N",
+                        help="newest images of each env to keep, used or not (default 1)")
+    parser.add_argument("--env", metavar="NAME", help="only the images of this env")
+    parser.add_argument("--yes", action="store_true",
+                        help="remove them; without it, only list (a dry run)")
+    parser.add_argument("--docker", default="docker", help="the docker command (default: docker)")
+
+
+def _prune_command(args: Any) -> int:
+    cli = dk.DockerCLI(docker=args.docker, where="this machine")
+    found = dk.prune_report(cli, keep=args.keep, env_name=args.env, yes=args.yes)
+    if found and not args.yes:
+        again = ["runner", "docker-prune", *(["--env", args.env] if args.env else []),
+                 *(["--keep", str(args.keep)] if args.keep != 1 else []), "--yes"]
+        print(f"dry run, nothing removed: `{shlex.join(again)}` removes them")
+    return 0
+
+
 @hookimpl
 def runner_register_commands(register: Any) -> None:
     register(Command("docker-orphans",
                      "list (and with --clean remove) this project's containers no run accounts for",
                      _orphan_arguments, _orphans_command))
+    register(Command("docker-prune",
+                     "list (and with --yes remove) env images no container uses, beyond the "
+                     "newest N of each env", _prune_arguments, _prune_command))

@@ -446,3 +446,72 @@ def test_a_container_never_started_is_lost_and_removed(
     st = handle.status()
     assert st.state == RunState.LOST and "never started" in st.message
     assert containers_of(spec.run_id) == []
+
+
+# -- runner docker-prune ------------------------------------------------------------------------
+def _env_tags(env_name: str) -> set[str]:
+    r = docker("image", "ls", "--filter", f"label={dk.L_ENV_NAME}={env_name}",
+               "--format", "{{.Repository}}:{{.Tag}}")
+    return set(r.stdout.split())
+
+
+def test_docker_prune_lists_then_removes_only_old_unused_env_images(
+    tmp_path: Path, backend: LocalDockerBackend, scratch_images: list[str]
+) -> None:
+    name = f"prunetest-{tmp_path.name.lower()[-12:]}"
+    reqs = tmp_path / "reqs.txt"
+    reqs.write_text("pip\n")
+    env = EnvSpec(name=name, base_image=BASE, requirements=("-r reqs.txt",), root=tmp_path)
+    spec = make_run(tmp_path, backend, "print(1)", env=env)
+    old = str(backend.prepare(spec).details["image"])
+    scratch_images.append(old)
+    reqs.write_text("pip\nsetuptools\n")  # the env changed: a second image for the same env
+    new = str(backend.prepare(spec).details["image"])
+    scratch_images.append(new)
+    assert old != new and _env_tags(name) == {old, new}
+
+    # an image a container was made from stays, even a stopped container of an older image
+    made = docker("create", old, "true")
+    assert made.returncode == 0, made.stderr
+    try:
+        kept = run_cli("docker-prune", "--env", name, cwd=tmp_path)
+        assert kept.returncode == 0, kept.stderr
+        assert "no unused env images" in kept.stdout and old not in kept.stdout
+    finally:
+        docker("rm", "-f", made.stdout.strip())
+
+    dry = run_cli("docker-prune", "--env", name, cwd=tmp_path)
+    assert dry.returncode == 0, dry.stderr
+    assert old in dry.stdout and new not in dry.stdout and "MiB" in dry.stdout
+    assert f"`runner docker-prune --env {name} --yes` removes them" in dry.stdout
+    assert _env_tags(name) == {old, new}  # a dry run removes nothing
+
+    done = run_cli("docker-prune", "--env", name, "--yes", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "removed 1 env image(s)" in done.stdout
+    assert _env_tags(name) == {new}  # exactly the old one went
+    assert "no unused env images" in run_cli("docker-prune", "--env", name, cwd=tmp_path).stdout
+
+
+def test_docker_prune_never_touches_an_image_built_from_an_env_image(
+    tmp_path: Path, backend: LocalDockerBackend, scratch_images: list[str]
+) -> None:
+    env = EnvSpec(name=f"prunetest-{tmp_path.name.lower()[-12:]}", base_image=BASE,
+                  requirements=("pip",))
+    spec = make_run(tmp_path, backend, "print(1)", env=env)
+    image = str(backend.prepare(spec).details["image"])
+    scratch_images.append(image)
+    derived = f"runner-test-derived:{tmp_path.name.lower()[-20:]}"  # inherits our labels
+    r = subprocess.run(["docker", "build", "-q", "-t", derived, "-"], capture_output=True,
+                       text=True, input=f"FROM {image}\nLABEL mine=1\n", timeout=120)
+    assert r.returncode == 0, r.stderr
+    scratch_images.insert(0, derived)  # the child goes first
+    listed = run_cli("docker-prune", "--env", env.name, "--keep", "0", cwd=tmp_path)
+    assert listed.returncode == 0, listed.stderr
+    assert image in listed.stdout and derived not in listed.stdout
+
+
+def test_docker_prune_refuses_a_negative_keep(tmp_path: Path) -> None:
+    r = run_cli("docker-prune", "--keep", "-1", cwd=tmp_path)
+    assert r.returncode == 2
+    assert "--keep: must be 0 or more, got -1" in r.stderr

@@ -584,3 +584,93 @@ def test_sentiment_cnn_trains_on_the_remote_with_gpus_requested(tmp_path: Path,
     if gpus and hook_log:
         new = Path(hook_log).read_text().splitlines()[before:]
         assert any(ln.endswith("NVIDIA_VISIBLE_DEVICES=0") for ln in new), new
+
+
+# -- runner remote-gc -------------------------------------------------------------------------
+def _on_host(command: str) -> None:
+    r = subprocess.run(["ssh", "-F", SSH_CONFIG, LOOPBACK, command], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+
+
+def _labelled_env_image(tag: str, env_name: str) -> None:
+    """A cheap image carrying an env image's labels (the gc only reads labels and tags)."""
+    labels = {dk.L_MANAGED: "1", dk.L_KIND: "env", dk.L_ENV_NAME: env_name, dk.L_ENV_KEY: tag}
+    argv = ["docker", "build", "-q", "-t", tag]
+    for k, v in labels.items():
+        argv += ["--label", f"{k}={v}"]
+    r = subprocess.run([*argv, "-"], input=f"FROM {BASE}\n", capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+
+
+def test_remote_gc_lists_then_removes_strays_old_run_dirs_and_unused_images(
+        project: Path, work: Path) -> None:
+    _target(project, work, slots=2)
+    (project / "job.py").write_text("import time\nprint('working', flush=True)\ntime.sleep(120)\n")
+    r = run_cli("submit", "--detach", "target=box", "env=docker_python", "model=script",
+                "model.path=job.py", cwd=project, timeout=300)
+    assert r.returncode == 0, r.stderr
+    in_flight = next((project / ".runner" / "runs").iterdir()).name
+    b = RemoteDockerBackend(config(work, slots=2))
+    spec = make_run(project, b, "import time; time.sleep(120)", env=ENV)
+    stray = b.submit(spec, b.prepare(spec))  # started outside the ledger: nothing accounts for it
+    runs = work / "runs"
+    _on_host(f"mkdir -p {runs}/old-run/outputs {runs}/new-run && echo x > {runs}/old-run/log.txt "
+             f"&& touch -d '10 days ago' {runs}/old-run {runs}/old-run/log.txt")
+    env_name = f"gctest-{project.parent.name.lower()[-12:]}"
+    older, newer = f"{dk.IMAGE_REPO}:{env_name}-a", f"{dk.IMAGE_REPO}:{env_name}-b"
+    try:
+        _labelled_env_image(older, env_name)
+        _labelled_env_image(newer, env_name)
+
+        dry = run_cli("remote-gc", "box", "--env", env_name, cwd=project, timeout=180)
+        assert dry.returncode == 0, dry.stderr
+        out = dry.stdout
+        assert f"runner-{spec.run_id}" in out and f"runner-{in_flight}" not in out
+        assert "runs/old-run" in out and "unknown to this project's ledger" in out
+        assert "runs/new-run" not in out and f"runs/{in_flight}" not in out
+        assert older in out and newer not in out
+        assert f"`runner remote-gc box --env {env_name} --yes` removes what is listed" in out
+        assert containers_of(spec.run_id) and (runs / "old-run").is_dir()  # nothing removed
+        assert docker("image", "inspect", older).returncode == 0
+
+        # with no age limit, fresh unknown dirs show too, but never an in-flight run's
+        everything = run_cli("remote-gc", "box", "--env", env_name, "--older-than", "0",
+                             cwd=project, timeout=180).stdout
+        assert "runs/new-run" in everything and f"runs/{spec.run_id}" in everything
+        assert f"runs/{in_flight}" not in everything
+
+        done = run_cli("remote-gc", "box", "--env", env_name, "--yes", cwd=project, timeout=180)
+        assert done.returncode == 0, done.stderr
+        assert "removed 1 container(s)" in done.stdout
+        assert "removed 1 run directory" in done.stdout
+        assert "removed 1 env image(s)" in done.stdout
+        assert containers_of(spec.run_id) == []
+        assert not (runs / "old-run").exists() and (runs / "new-run").is_dir()
+        assert docker("image", "inspect", older).returncode != 0
+        assert docker("image", "inspect", newer).returncode == 0
+        assert len(containers_of(in_flight)) == 1 and (runs / in_flight).is_dir()
+        assert "RUNNING" in run_cli("runs", cwd=project).stdout  # the in-flight run goes on
+
+        again = run_cli("remote-gc", "box", "--env", env_name, cwd=project, timeout=180).stdout
+        assert "no stray containers" in again and "no unused env images" in again
+    finally:
+        run_cli("cancel", in_flight, cwd=project)
+        stray.cancel()
+        docker("image", "rm", "-f", older, newer)
+    assert containers_of(in_flight) == [] and containers_of(spec.run_id) == []
+
+
+def test_remote_gc_names_the_targets_it_can_clean(project: Path, work: Path) -> None:
+    _target(project, work)
+    (project / "conf" / "target" / "here.yaml").write_text("backend: local_docker\n")
+    r = run_cli("remote-gc", "nope", cwd=project)
+    assert r.returncode == 2
+    assert "unknown target 'nope'" in r.stderr and "box, here" in r.stderr
+    r = run_cli("remote-gc", "here", cwd=project)
+    assert r.returncode == 2
+    assert "uses backend 'local_docker'" in r.stderr and "remote_docker targets here: box" in r.stderr
+    assert "runner docker-prune" in r.stderr
+    r = run_cli("remote-gc", "box", "--older-than", "-1", cwd=project)
+    assert r.returncode == 2 and "--older-than: must be 0 or more days" in r.stderr
