@@ -71,6 +71,7 @@ class RayConfig(BackendConfig):
     python: str = "python"  # the interpreter on the cluster's nodes (inside the runtime env)
     max_output_mb: float = 64.0  # outputs larger than this stay on the cluster (log says so)
     stop_timeout: float = 30.0  # seconds a cancel waits for Ray to report the run stopped
+    env_build_timeout: float = 1200.0  # seconds prepare waits for the cluster to build an env
 
 
 def _client(address: str) -> Any:
@@ -82,7 +83,9 @@ def _client(address: str) -> Any:
             "the ray backend needs the Ray Jobs client, which is not installed.",
             "install it: pip install 'runner[ray]'  (or: pip install 'ray[default]')",
         ) from None
-    for name in ("ray", "ray.dashboard", "ray._private.runtime_env.packaging"):
+    # the Jobs SDK's module logger sets its own level, so the parents' level does not reach it
+    for name in ("ray", "ray.dashboard", "ray.dashboard.modules.dashboard_sdk",
+                 "ray._private.runtime_env.packaging"):
         logging.getLogger(name).setLevel(logging.WARNING)  # no "Uploading package" chatter
     try:
         return JobSubmissionClient(address)
@@ -171,9 +174,10 @@ class RayHandle(RunHandle):
             final = RunStatus(RunState.LOST, exit_code=code,
                               message="the Ray job ended without sending its results back")
         else:
-            msg = (info.message or "").strip().splitlines()
-            final = RunStatus(RunState.FAILED, exit_code=code,
-                              message=f"Ray: {msg[-1] if msg else 'the job failed'}")
+            pip = _pip_errors(info.message or "")
+            last = _last_line(info.message or "") or "the job failed"
+            final = RunStatus(RunState.FAILED, exit_code=code, message=(
+                f"Ray could not install env.requirements: {pip[-1]}" if pip else f"Ray: {last}"))
         return self._final(final)
 
     def _final(self, st: RunStatus) -> RunStatus:
@@ -287,26 +291,60 @@ class RayBackend(Backend):
         reason = explain_miss(inputs, seen)
         print(f"[runner] env {spec.env.name}: {reason}; building the runtime env on the Ray "
               f"cluster at {self.config.address}", flush=True)
-        self._warm_up(renv, key)
+        self._warm_up(renv, key, spec.env.name)
         marker.parent.mkdir(parents=True, exist_ok=True)
         write_json_atomic(marker, inputs)
         return Prepared(key, False, reason, details)
 
-    def _warm_up(self, renv: Mapping[str, Any], key: str) -> None:
+    def _warm_up(self, renv: Mapping[str, Any], key: str, env_name: str) -> None:
         client = _client(self.config.address)
         sid = client.submit_job(entrypoint=f"{self.config.python} -c 'import runner.worker'",
                                 runtime_env=dict(renv), submission_id=f"runner-prepare-{key}-"
                                 + uuid.uuid4().hex[:6], entrypoint_num_cpus=0)
+        began = time.monotonic()
+        said = began
         while True:
             st = str(client.get_job_status(sid).value)
             if st not in ("PENDING", "RUNNING"):
                 break
+            now = time.monotonic()
+            if now - began > self.config.env_build_timeout:
+                try:
+                    client.stop_job(sid)
+                except Exception:  # already gone: nothing left to stop
+                    pass
+                raise UserError(
+                    f"env {env_name}: the Ray cluster at {self.config.address} did not build the "
+                    f"runtime env within {self.config.env_build_timeout:.0f}s (job {sid}).",
+                    "the nodes may not reach the package index (pip retries for minutes), or "
+                    "the requirements take that long to install.",
+                    "check the runtime env agent's log on the head node "
+                    "(by default /tmp/ray/session_latest/logs/runtime_env_agent.log), or raise "
+                    "target.env_build_timeout.")
+            if now - said >= 30:  # Ray retries a failed build several times before it gives up
+                said = now
+                print(f"[runner] env {env_name}: still building on the Ray cluster "
+                      f"({now - began:.0f}s)", flush=True)
             time.sleep(1)
         if st != "SUCCEEDED":
-            tail = "".join(client.get_job_logs(sid).splitlines(keepends=True)[-15:])
             info = client.get_job_info(sid)
-            raise UserError(f"the Ray cluster could not build the runtime env (job {sid}: {st}).",
-                            (info.message or "").strip(), tail.strip())
+            message = (info.message or "").strip()
+            tail = "".join(client.get_job_logs(sid).splitlines(keepends=True)[-15:]).strip()
+            log = self._marker(key).with_suffix(".error.txt")
+            log.parent.mkdir(parents=True, exist_ok=True)
+            log.write_text(f"{message}\n\n{tail}\n")
+            pip = _pip_errors(message)
+            if pip:
+                raise UserError(
+                    f"env {env_name}: the Ray cluster at {self.config.address} could not install "
+                    f"env.requirements: {pip[-1]}",
+                    *pip[:-1][-4:],
+                    f"fix env.requirements (pip said so on the cluster's nodes); Ray's full "
+                    f"report is in {log}.")
+            raise UserError(
+                f"env {env_name}: the Ray cluster at {self.config.address} could not build the "
+                f"runtime env (job {sid}: {st}): {_last_line(message) or 'no reason given'}",
+                f"Ray's full report is in {log}.")
 
     def submit(self, spec: RunSpec, prepared: Prepared) -> RunHandle:
         client = _client(self.config.address)
@@ -335,6 +373,21 @@ class RayBackend(Backend):
     def reattach(self, run_id: str, run_dir: Path, locator: Mapping[str, Any]) -> RunHandle:
         return RayHandle(run_id, run_dir, str(locator["address"]), str(locator["submission_id"]),
                          self.config.stop_timeout)
+
+
+def _pip_errors(message: str) -> list[str]:
+    """pip's own ``ERROR:`` lines in Ray's report of a failed runtime env build."""
+    out = []
+    for line in message.splitlines():
+        line = line.strip()
+        if line.startswith("ERROR:") and line not in out:
+            out.append(line)
+    return out
+
+
+def _last_line(message: str) -> str:
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    return lines[-1] if lines else ""
 
 
 @hookimpl

@@ -120,3 +120,56 @@ def test_a_sweep_on_a_ray_target(project: Path, cli) -> None:  # type: ignore[no
     started = [i for i, line in enumerate(progress) if " RUNNING" in line]
     ended = [i for i, line in enumerate(progress) if " SUCCEEDED" in line]
     assert len(started) == 3 and max(started) < min(ended)
+
+
+# -- env.requirements: the runtime env's pip list, installed on the cluster ------------------------
+PINNED = "tomli==2.0.1"  # small, pure Python, and not what the head's own Python has
+
+
+def _ray_project(project: Path, requirement: str) -> None:
+    (project / "job.py").write_text(
+        "from importlib.metadata import version\nimport tomli\n"
+        "print('tomli', version('tomli'), 'parses', tomli.loads('a = 1'), flush=True)\n")
+    for group, text in (
+        ("target/cluster.yaml", f"backend: ray\naddress: {ADDRESS}\nnum_cpus: 0.5\n"),
+        ("env/withpip.yaml", f"name: withpip\nrequirements:\n  - {requirement}\n"),
+    ):
+        path = project / "conf" / group
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+
+
+def test_env_requirements_are_pip_installed_on_the_cluster(project: Path, cli) -> None:  # type: ignore[no-untyped-def]
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        here = version("tomli")
+    except PackageNotFoundError:
+        here = None
+    assert here != "2.0.1", "the head's Python already has the pinned version: the test proves nothing"
+    _ray_project(project, PINNED)
+    args = ("target=cluster", "env=withpip", "model=script", "model.path=job.py")
+    res = cli("submit", *args, timeout=400)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "tomli 2.0.1 parses {'a': 1}" in res.stdout
+    (run,) = Store(project / ".runner").list()
+    assert run.state == RunState.SUCCEEDED
+    # built once: the next prepare of the same env is a cache hit
+    again = cli("prepare", *args, timeout=120)
+    assert again.returncode == 0 and "cached" in again.stderr, again.stderr
+
+
+# slow: Ray tries a failed build three times (about 30s each) before it gives up; the head
+# remembers the failure, so later runs against the same head take seconds
+@pytest.mark.slow
+def test_a_requirement_pip_cannot_install_is_a_clear_error(project: Path, cli) -> None:  # type: ignore[no-untyped-def]
+    _ray_project(project, "tomli==999.0")
+    res = cli("submit", "target=cluster", "env=withpip", "model=script", "model.path=job.py",
+              timeout=600)
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert ("error: env withpip: the Ray cluster at " in res.stderr
+            and "could not install env.requirements: ERROR: No matching distribution found for "
+                "tomli==999.0" in res.stderr), res.stderr
+    assert "fix env.requirements" in res.stderr and "Traceback" not in res.stderr
+    (run,) = Store(project / ".runner").list()
+    assert run.state == RunState.FAILED and "tomli==999.0" in run.message

@@ -231,3 +231,95 @@ def test_the_local_target_runs_one_job_at_a_time_by_default(sweep_project: Path,
     _, runs = _sweep_runs(sweep_project)
     (a, b) = runs
     assert b.summary["started"] >= a.summary["ended"]  # max_parallel never exceeds the slots
+
+
+# -- a GPU sweep on a Docker target (the testbed's engine, with its stand-in NVIDIA hook) --------
+DOCKER_JOB = """\
+import os, socket, sys, time
+import runner
+
+runner.log_metric("started", time.time())
+runner.log_metric("gpu", float(os.environ["NVIDIA_VISIBLE_DEVICES"]))
+print(f"job {sys.argv[1]} host={socket.gethostname()} "
+      f"nvidia={os.environ.get('NVIDIA_VISIBLE_DEVICES')} cuda={os.environ.get('CUDA_VISIBLE_DEVICES')}",
+      flush=True)
+time.sleep(float(sys.argv[2]))
+runner.log_metric("ended", time.time())
+"""
+
+
+def _docker_gpu_problem() -> str | None:
+    """Why the Docker GPU sweep cannot run here (None when it can)."""
+    from .conftest import read_testbed_env
+
+    testbed = read_testbed_env()
+    base = testbed.get("RUNNER_BASE_IMAGE", "runner-base:bookworm")
+    try:
+        r = subprocess.run(["docker", "version", "--format", "{{.Server.Version}}"],
+                           capture_output=True, timeout=20)
+        if r.returncode != 0:
+            return "no Docker engine answers; start one with scripts/testbed.sh up"
+        r = subprocess.run(["docker", "image", "inspect", base], capture_output=True, timeout=20)
+    except (OSError, subprocess.SubprocessError) as e:
+        return f"no docker CLI ({e}); scripts/testbed.sh up installs and starts the engine"
+    if r.returncode != 0:
+        return f"base image {base} missing; scripts/testbed.sh up builds it"
+    if testbed.get("RUNNER_DOCKER_HOST_GPUS") != "fake" or not testbed.get("RUNNER_FAKE_GPU_HOOK_LOG"):
+        return "the engine has no stand-in NVIDIA hook: scripts/testbed.sh up adds one"
+    return None
+
+
+@pytest.mark.docker
+def test_a_docker_gpu_sweep_gives_each_running_job_its_own_device(project: Path, cli) -> None:  # type: ignore[no-untyped-def]
+    problem = _docker_gpu_problem()
+    if problem:
+        pytest.skip(problem)
+    import json
+
+    from .conftest import read_testbed_env
+
+    testbed = read_testbed_env()
+    hook_log = Path(testbed["RUNNER_FAKE_GPU_HOOK_LOG"])
+    base = testbed.get("RUNNER_BASE_IMAGE", "runner-base:bookworm")
+    (project / "job.py").write_text(DOCKER_JOB)
+    (project / "conf" / "target").mkdir(parents=True)
+    # no real driver behind the stand-in hook: the preflight would (rightly) refuse the runs
+    (project / "conf" / "target" / "gpubox.yaml").write_text(textwrap.dedent(f"""\
+        backend: local_docker
+        slots: 2
+        gpus: "0,1"
+        base_image: {base}
+        gpu_preflight: false
+        cancel_grace: 2
+    """))
+    before = hook_log.stat().st_size if hook_log.exists() else 0
+    res = cli("submit", "-m", "target=gpubox", "env=docker_python", f"env.base_image={base}",
+              "model=script", "model.path=job.py", "model.args=[1,3],[2,3],[3,3],[4,3]", timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr
+    _, runs = _sweep_runs(project)
+    assert [r.state for r in runs] == [RunState.SUCCEEDED] * 4
+
+    # what the engine was asked for, container by container (the hook sees every container)
+    with hook_log.open() as f:
+        f.seek(before)
+        asked = {parts[2]: parts[3].split("=", 1)[1]
+                 for parts in (line.split() for line in f) if len(parts) == 4}
+    spans = []
+    for r in runs:
+        rd = r.run_dir
+        given = json.loads((rd / "request.json").read_text())["gpus"]
+        host = json.loads((rd / "worker.json").read_text())["host"]  # the container's hostname
+        (container,) = [c for c in asked if c.startswith(host)]
+        assert asked[container] == given, (r.id, asked[container], given)
+        assert int(r.summary["gpu"]) == int(given)  # what the job saw inside its container
+        assert f"host={host} nvidia={given} cuda=0" in (rd / "log.txt").read_text()  # renumbered
+        spans.append((r.summary["started"], r.summary["ended"], given))
+        assert f"{r.id} RUNNING on GPU {given}" in res.stderr
+    assert {g for _, _, g in spans} == {"0", "1"}
+    overlaps = 0
+    for i, (s1, e1, g1) in enumerate(spans):
+        at_once = [g2 for j, (s2, e2, g2) in enumerate(spans) if j != i and s2 < e1 and s1 < e2]
+        assert len(at_once) <= 1, "more containers ran at once than the target's 2 slots"
+        assert g1 not in at_once, "two containers at once on the same GPU"
+        overlaps += len(at_once)
+    assert overlaps, "the two slots never ran jobs side by side\n" + res.stderr
