@@ -191,6 +191,10 @@ def _size(n: int) -> str:
     return str(n)
 
 
+#: (engine, image id, GPUs) whose GPU preflight passed in this process
+_PREFLIGHT_PASSED: set[tuple[str, str, str | None]] = set()
+
+
 class LocalDockerBackend(Backend):
     """Runs the worker in a container on this machine; envs are images cached by content."""
 
@@ -225,9 +229,15 @@ class LocalDockerBackend(Backend):
         details: dict[str, Any] = {"image": image.tag, "image_id": image.image_id,
                                    "python": image.python}
         gpus = self._gpus(spec)
-        if gpus and self.config.gpu_preflight:
+        passed = (self.cli.where, image.image_id, gpus)
+        if gpus and self.config.gpu_preflight and passed in _PREFLIGHT_PASSED:
+            details["gpu_preflight"] = "passed earlier in this process for this image and GPUs"
+        elif gpus and self.config.gpu_preflight:
             pre = dk.gpu_preflight(self.cli, image.tag, gpus)
             details["gpu_preflight"] = pre.render()
+            if pre.ok:
+                # a sweep prepares once per job: check each image and GPU set once, not per job
+                _PREFLIGHT_PASSED.add(passed)
             if not pre.ok:
                 raise UserError(
                     f"GPU preflight failed for env {spec.env.name} on {self.cli.where} "

@@ -331,6 +331,27 @@ def test_gpu_preflight_names_the_missing_layer(tmp_path: Path, backend: LocalDoc
     assert "was not started" in text
 
 
+def test_a_passed_preflight_is_not_repeated_for_the_same_image_and_gpus(
+    tmp_path: Path, backend: LocalDockerBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # no GPU here: the probe's verdict is the one stand-in, the image and the engine are real
+    calls: list[str] = []
+
+    def passing(cli: object, image: str, gpus: str, **kw: object) -> dk.Preflight:
+        calls.append(gpus)
+        return dk.Preflight(True, [("host driver", True, "stand-in")], None, {})
+
+    monkeypatch.setattr(dk, "gpu_preflight", passing)
+    monkeypatch.setattr(local_docker, "_PREFLIGHT_PASSED", set())
+    env = EnvSpec(name="docker_python", base_image=BASE, gpus="0")
+    for _ in range(3):  # a sweep prepares once per job
+        backend.prepare(make_run(tmp_path, backend, "print(1)", env=env))
+    other = EnvSpec(name="docker_python", base_image=BASE, gpus="1")
+    details = backend.prepare(make_run(tmp_path, backend, "print(1)", env=other)).details
+    assert calls == ["0", "1"]  # once per GPU set
+    assert "stand-in" in details["gpu_preflight"]
+
+
 def test_a_cpu_only_run_needs_no_preflight(tmp_path: Path, backend: LocalDockerBackend) -> None:
     spec = make_run(tmp_path, backend, "print(1)", env=ENV)
     assert "gpu_preflight" not in backend.prepare(spec).details
