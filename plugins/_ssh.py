@@ -7,8 +7,10 @@ fabric resolves what ``ssh`` would (an ssh_config file's ``Host`` aliases, ``Hos
 because the runner streams tar archives both ways and needs bytes, not text.
 
 Host keys are never accepted silently: an unknown host fails with its SHA256 fingerprint and the
-command that trusts it; a changed key fails louder. No password is ever read or stored: keys and
-the SSH agent only.
+command that trusts it; a changed key fails louder. Logins use keys and the SSH agent. The one
+exception is ``runner attach --install-key``: a password the user types at a prompt opens one
+connection that installs the public key, and is then dropped (never read from anywhere else,
+never logged or stored).
 """
 
 from __future__ import annotations
@@ -57,6 +59,14 @@ class UnknownHostKey(Exception):
         self.name = name  # the known_hosts name: host, or [host]:port
         self.key = key
         self.fingerprint = fingerprint(key)
+
+
+class KeyRefused(UserError):
+    """The server refused every key tried (``runner attach --install-key`` can install one)."""
+
+    def __init__(self, where: str, message: str, *hints: str) -> None:
+        super().__init__(message, *hints)
+        self.where = where  # user@host:port as resolved
 
 
 class ConnectionLost(Exception):
@@ -133,7 +143,7 @@ class Session:
         return Path("~/.ssh/known_hosts").expanduser()
 
     # -- connecting ----------------------------------------------------------------------------
-    def _new_connection(self) -> Any:
+    def _new_connection(self, password: str | None = None) -> Any:
         # deferred: fabric imports paramiko and invoke; `runner --help` must not pay for them
         from fabric import Config, Connection
 
@@ -148,7 +158,9 @@ class Session:
         else:
             config = Config()
         connect_kwargs: dict[str, Any] = {}
-        if s.key:
+        if password is not None:  # a one-time login to install a key: the password only
+            connect_kwargs = {"password": password, "look_for_keys": False, "allow_agent": False}
+        elif s.key:
             key = Path(s.key).expanduser()
             if not key.is_file():
                 raise UserError(f"SSH key {key} does not exist.",
@@ -157,8 +169,12 @@ class Session:
         return Connection(s.host, user=s.user or None, port=s.port or None, config=config,
                           connect_timeout=int(s.connect_timeout), connect_kwargs=connect_kwargs)
 
-    def connect(self) -> Any:
-        """Open the connection (if not open); turn every way of failing into a clear UserError."""
+    def connect(self, *, password: str | None = None) -> Any:
+        """Open the connection (if not open); turn every way of failing into a clear UserError.
+
+        ``password``: log in with it instead of keys (only to install a key; such a connection
+        is not reopened after a drop, since the password is not kept).
+        """
         import paramiko
 
         with self._lock:
@@ -166,7 +182,7 @@ class Session:
                     and self._conn.transport is not None and self._conn.transport.is_active():
                 return self._conn
             self._close_quietly()
-            conn = self._new_connection()
+            conn = self._new_connection(password)
             known = self.known_hosts_path(conn)
             if known.is_file():
                 conn.client.load_host_keys(str(known))
@@ -204,13 +220,21 @@ class Session:
                                 "for or stores passphrases or passwords.") from None
             except paramiko.AuthenticationException as e:
                 conn.close()
+                if password is not None:
+                    raise UserError(
+                        f"cannot log in to {where}: the password was not accepted ({e}).",
+                        "nothing was installed there and nothing was written here; run the "
+                        "command again to retry.") from None
                 keys = conn.connect_kwargs.get("key_filename") or []
                 tried = ", ".join(str(k) for k in keys) or "the SSH agent's keys"
-                raise UserError(
+                hint = self.trust_hint or "runner attach NAME --host HOST --key KEY"
+                raise KeyRefused(
+                    where,
                     f"cannot log in to {where}: the server refused the key(s) tried ({tried}): {e}",
-                    f"install the public key on the host (e.g. `ssh-copy-id -i KEY.pub -p "
-                    f"{conn.port} {conn.user}@{conn.host}`), or give the right one with --key / "
-                    "target.key. Passwords are never used.",
+                    "install the public key on the host: `--install-key` asks for the account's "
+                    f"password once, only to do that (`{hint} --install-key`), or use "
+                    f"`ssh-copy-id -i KEY.pub -p {conn.port} {conn.user}@{conn.host}`;",
+                    "or give the right key with --key / target.key. Passwords are never stored.",
                 ) from None
             except (paramiko.SSHException, OSError, EOFError) as e:
                 conn.close()
@@ -229,6 +253,29 @@ class Session:
             self._opened = True
             self._conn = conn
             return conn
+
+    def install_public_key(self, public_key: str) -> bool:
+        """Append ``public_key`` (one authorized_keys line) to ``~/.ssh/authorized_keys`` on the
+        host unless a line already has that key; ``~/.ssh`` is made 700 and the file 600.
+        True when it was added, False when it was there already."""
+        parts = public_key.split()
+        marker = " ".join(parts[:2])  # key type and base64: the comment may differ
+        r = self.run(
+            f"umask 077; k={shlex.quote(public_key)}; m={shlex.quote(marker)}; "
+            'f="$HOME/.ssh/authorized_keys"; '
+            'mkdir -p "$HOME/.ssh" && chmod 700 "$HOME/.ssh" && touch "$f" && chmod 600 "$f" '
+            "|| exit 3; "
+            'if grep -qF -- "$m" "$f"; then echo present; exit 0; fi; '
+            'if [ -s "$f" ] && [ -n "$(tail -c 1 "$f")" ]; then echo >>"$f"; fi; '
+            "printf '%s\\n' \"$k\" >>\"$f\" && echo added",
+            timeout=60, retry=False)
+        out = r.stdout.strip()
+        if not r.ok or out not in ("added", "present"):
+            raise UserError(f"could not add the key to ~/.ssh/authorized_keys on {self.label}: "
+                            f"{r.last_error()}",
+                            "check that the account's home folder is writable; nothing was "
+                            "written here.")
+        return out == "added"
 
     def _close_quietly(self) -> None:
         if self._sh is not None:

@@ -21,6 +21,7 @@ The plugin also registers ``runner attach`` (see :func:`attach_command`) and ``r
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import hashlib
 import io
@@ -53,7 +54,7 @@ from runner.bundle import worker_bundle
 from runner.environment import env_inputs, env_key
 from runner.errors import UserError
 from runner.plugins import _docker as dk
-from runner.plugins._ssh import ConnectionLost, Session, SSHExecutor, SSHSettings
+from runner.plugins._ssh import ConnectionLost, KeyRefused, Session, SSHExecutor, SSHSettings
 from runner.rundir import CODE, LOG, OUTPUTS, RunDir, write_json_atomic
 
 NETWORKS = ("default", "host", "none")
@@ -109,12 +110,12 @@ def _settings(c: RemoteDockerConfig) -> SSHSettings:
 
 
 def _attach_hint(c: RemoteDockerConfig, name: str = "<target>") -> str:
-    parts = ["runner attach", name, "--host", c.host]
+    parts = [name, "--host", c.host]
     for flag, value in (("--user", c.user), ("--port", c.port), ("--key", c.key),
                         ("--ssh-config", c.ssh_config), ("--known-hosts", c.known_hosts)):
         if value:
             parts += [flag, str(value)]
-    return shlex.join(parts) + " --force"
+    return "runner attach " + shlex.join(parts) + " --force"
 
 
 def session_for(c: RemoteDockerConfig, *, trust: str | None = None) -> Session:
@@ -851,6 +852,9 @@ def _attach_arguments(p: Any) -> None:
     p.add_argument("--ssh-config", help="ssh_config file with the host's alias (default ~/.ssh/config)")
     p.add_argument("--known-hosts", help="known_hosts file to check and to add a trusted key to")
     p.add_argument("--force", action="store_true", help="replace an existing target file")
+    p.add_argument("--install-key", action="store_true",
+                   help="when the host refuses the key: ask once for the account's password and "
+                        "add KEY.pub to ~/.ssh/authorized_keys there (the password is not kept)")
 
 
 def _yaml_value(v: Any) -> str:
@@ -878,6 +882,64 @@ def target_yaml(c: RemoteDockerConfig, comment: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+#: The key ``--install-key`` installs when ``--key`` is not given.
+DEFAULT_KEY = "~/.ssh/id_ed25519"
+
+
+def _public_key(key: Path) -> str:
+    """The one authorized_keys line of ``key``'s pair (``KEY.pub``), checked."""
+    pub = key.with_name(key.name + ".pub")
+    make = f"make one with: ssh-keygen -t ed25519 -f {key} (then load it into the SSH agent " \
+           "if you give it a passphrase), and run this again"
+    if not key.is_file() or not pub.is_file():
+        missing = ", ".join(str(p) for p in (key, pub) if not p.is_file())
+        raise UserError(f"--install-key: no key pair to install ({missing} does not exist).",
+                        make + "; or name an existing pair's private key with --key.")
+    lines = [ln for ln in pub.read_text(errors="replace").splitlines() if ln.strip()]
+    parts = lines[0].split() if len(lines) == 1 else []
+    try:
+        ok = len(parts) >= 2 and bool(base64.b64decode(parts[1], validate=True))
+    except ValueError:
+        ok = False
+    if not ok:
+        raise UserError(f"--install-key: {pub} is not an OpenSSH public key (one line: "
+                        "TYPE BASE64 [COMMENT]).", make + ".")
+    return " ".join(parts)
+
+
+def _install_key(c: RemoteDockerConfig, refused: KeyRefused, trust: str | None, hint: str) -> None:
+    """Ask once for the password of the account that refused the key, log in with it (the
+    host key checked as for any connection), install the public key and disconnect."""
+    import getpass  # deferred: only this path asks anything
+    import warnings
+
+    key = Path(c.key or DEFAULT_KEY).expanduser()
+    line = _public_key(key)
+    try:
+        with warnings.catch_warnings():  # without a terminal getpass says so itself, once
+            warnings.simplefilter("ignore", getpass.GetPassWarning)
+            password = getpass.getpass(
+                f"password for {refused.where} (asked once, used only to install {key}.pub "
+                "there; not stored): ")
+    except (EOFError, KeyboardInterrupt):
+        password = ""
+    if not password:
+        raise UserError(f"--install-key: no password was given for {refused.where}; nothing "
+                        "was installed or written.",
+                        "run the command again from a terminal and type the account's password "
+                        "at the prompt.")
+    session = Session(_settings(c), trust=trust, trust_hint=hint)
+    try:
+        session.connect(password=password)
+        del password
+        added = session.install_public_key(line)
+        label = session.label
+    finally:
+        session.close()
+    print(f"{'installed' if added else 'already there:'} {key}.pub in ~/.ssh/authorized_keys "
+          f"of {label}; the password is not kept")
+
+
 def _attach(args: Any) -> int:
     from runner.store import find_project_root
 
@@ -885,9 +947,10 @@ def _attach(args: Any) -> int:
     if trust is not None and not trust.startswith("SHA256:"):
         raise UserError(f"--trust-host-key: '{trust}' is not a SHA256 fingerprint.",
                         "copy it as the refusal printed it: SHA256:<43 characters>")
+    key = args.key or (DEFAULT_KEY if args.install_key else None)
     c = RemoteDockerConfig(
         host=args.host, user=args.user, port=args.port,
-        key=str(Path(args.key).expanduser().resolve()) if args.key else None,
+        key=str(Path(key).expanduser().resolve()) if key else None,
         ssh_config=str(Path(args.ssh_config).expanduser().resolve()) if args.ssh_config else None,
         known_hosts=str(Path(args.known_hosts).expanduser().resolve()) if args.known_hosts else None,
         gpus=args.gpus, slots=args.slots, work_dir=args.work_dir, docker=args.docker)
@@ -896,9 +959,26 @@ def _attach(args: Any) -> int:
     if path.exists() and not args.force:
         raise UserError(f"{path} already exists.", "pick another name, or pass --force to "
                         "replace it.")
-    session = Session(_settings(c), trust=trust, trust_hint=_attach_hint(c, args.name))
+    if args.install_key:
+        _public_key(Path(c.key or DEFAULT_KEY))  # a missing pair is refused before any login
+    hint = _attach_hint(c, args.name)
+    session = Session(_settings(c), trust=trust, trust_hint=hint)
     try:
-        session.connect()
+        try:
+            session.connect()
+        except KeyRefused as refused:
+            if not args.install_key:
+                raise
+            _install_key(c, refused, trust, hint)
+            try:
+                session.connect()
+            except KeyRefused as e:
+                raise UserError(
+                    f"{e.where} still refuses {c.key} after it was added to "
+                    "~/.ssh/authorized_keys there.",
+                    "the host's sshd may read keys from another file (AuthorizedKeysFile) or "
+                    "ignore them because the home folder is group- or world-writable "
+                    "(StrictModes); `ssh -v` shows why.") from None
         backend = RemoteDockerBackend(c)
         backend._session = session
         facts = backend.facts()

@@ -8,7 +8,11 @@
 #   image    the runner's base image (Debian bookworm + Python), built from Debian packages
 #            because nothing can be pulled
 #   ssh      two SSH test hosts: one on 127.0.0.1:$RUNNER_TESTBED_SSH_PORT, one alone in a
-#            network namespace (only `lo`), reached through a ProxyCommand
+#            network namespace (only `lo`), reached through a ProxyCommand; and a third sshd on
+#            127.0.0.1:$RUNNER_TESTBED_PW_PORT that takes passwords, for one unprivileged local
+#            user ($RUNNER_TESTBED_PW_USER, not in the docker group) whose password is random
+#            per `up`: it is set through chpasswd's stdin and kept only in a 0600 file whose
+#            path (never the password) the env file gives
 #   ray      a Ray head bound to 127.0.0.1 (only when the project venv has ray)
 #
 # usage: scripts/testbed.sh up|down|status
@@ -24,6 +28,8 @@
 #   RUNNER_BASE_IMAGE         base image to build                 (runner-base:bookworm)
 #   RUNNER_TESTBED_SSH_PORT   loopback port of the first SSH host (2322)
 #   RUNNER_TESTBED_NETNS      network namespace of the second     (runner-remote1)
+#   RUNNER_TESTBED_PW_PORT    loopback port of the password host  (2323)
+#   RUNNER_TESTBED_PW_USER    its only login user (created)       (runnerpw)
 #   RUNNER_TESTBED_VENV       venv whose `ray` starts the head    (the repository's .venv)
 #   RUNNER_TESTBED_RAY_PORT   Ray GCS port; dashboard is +1886    (6381)
 #   RUNNER_TESTBED_SKIP       space-separated parts to skip: apt docker image ssh ray
@@ -34,6 +40,8 @@ D=${RUNNER_TESTBED_DIR:-/tmp/runner-testbed}
 IMAGE=${RUNNER_BASE_IMAGE:-runner-base:bookworm}
 SSH_PORT=${RUNNER_TESTBED_SSH_PORT:-2322}
 NETNS=${RUNNER_TESTBED_NETNS:-runner-remote1}
+PW_PORT=${RUNNER_TESTBED_PW_PORT:-2323}
+PW_USER=${RUNNER_TESTBED_PW_USER:-runnerpw}
 VENV=${RUNNER_TESTBED_VENV:-$REPO/.venv}
 RAY_PORT=${RUNNER_TESTBED_RAY_PORT:-6381}
 RAY_DASH_PORT=$((RAY_PORT + 1886))
@@ -225,6 +233,42 @@ EOF
   say "ssh hosts up: runner-remote (127.0.0.1:$SSH_PORT), $NETNS (netns, via ProxyCommand)"
 }
 
+# The password host: sshd with password login for one dedicated user, so that installing a key
+# with a one-time password prompt can be tested. The password never appears on a command line:
+# it is made and handed on by shell builtins (printf) only.
+ssh_password_up() {
+  local S="$D/ssh" pwfile="$D/ssh/$PW_USER.password" pw
+  id -u "$PW_USER" >/dev/null 2>&1 || useradd -m -s /bin/sh "$PW_USER"
+  pw=$(head -c 32 /dev/urandom | base64 | tr -dc 'A-Za-z0-9' | head -c 24)
+  printf '%s:%s\n' "$PW_USER" "$pw" | chpasswd
+  ( umask 077; printf '%s\n' "$pw" >"$pwfile" )
+  chmod 600 "$pwfile"
+  pw=
+  cat >"$S/sshd_pw_config" <<EOF
+Port $PW_PORT
+ListenAddress 127.0.0.1
+HostKey $S/host_ed25519
+PidFile $S/sshd-pw.own.pid
+AllowUsers $PW_USER
+PermitRootLogin no
+PasswordAuthentication yes
+KbdInteractiveAuthentication no
+UsePAM no
+Subsystem sftp internal-sftp
+EOF
+  /usr/sbin/sshd -t -f "$S/sshd_pw_config"
+  if ! pidfile_alive "$D/sshd-pw.pid"; then
+    nohup /usr/sbin/sshd -D -e -f "$S/sshd_pw_config" >"$S/sshd-pw.log" 2>&1 </dev/null &
+    echo $! >"$D/sshd-pw.pid"
+  fi
+  for _ in $(seq 1 50); do (exec 3<>"/dev/tcp/127.0.0.1/$PW_PORT") 2>/dev/null && break; sleep 0.1; done
+  (exec 3<>"/dev/tcp/127.0.0.1/$PW_PORT") || { tail -20 "$S/sshd-pw.log" >&2; exit 1; }
+  envline RUNNER_TEST_PW_PORT "$PW_PORT"
+  envline RUNNER_TEST_PW_USER "$PW_USER"
+  envline RUNNER_TEST_PW_FILE "$pwfile"
+  say "password ssh host up: $PW_USER@127.0.0.1:$PW_PORT (password in $pwfile, new each up)"
+}
+
 ray_up() {
   if [ ! -x "$VENV/bin/ray" ]; then say "ray: not installed in $VENV, skipped"; return 0; fi
   local addr="http://127.0.0.1:$RAY_DASH_PORT"
@@ -251,6 +295,7 @@ up() {
   skip docker || docker_up
   skip docker || skip image || base_image
   skip ssh || ssh_up
+  skip ssh || ssh_password_up
   skip ray || ray_up
   mv "$D/env.new" "$D/env"
   say "ready: . $D/env"
@@ -258,6 +303,7 @@ up() {
 
 down() {
   stop_pidfile "$D/ray.pid" 40   # `ray start --block` stops its own processes on SIGTERM
+  stop_pidfile "$D/sshd-pw.pid" 5
   stop_pidfile "$D/sshd-netns.pid" 5
   stop_pidfile "$D/sshd.pid" 5
   if ip netns list 2>/dev/null | grep -qw "$NETNS"; then ip netns del "$NETNS"; fi
@@ -270,7 +316,7 @@ down() {
 }
 
 status() {
-  for f in dockerd sshd sshd-netns ray; do
+  for f in dockerd sshd sshd-netns sshd-pw ray; do
     if pidfile_alive "$D/$f.pid"; then echo "$f: running (pid $(cat "$D/$f.pid"))"
     else echo "$f: not started here"; fi
   done

@@ -12,6 +12,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import tarfile
 import threading
 import time
@@ -205,7 +206,7 @@ def test_attach_refuses_a_key_the_host_does_not_accept(project: Path, tmp_path: 
                 "--known-hosts", KNOWN_HOSTS, cwd=project)
     assert r.returncode == 2
     assert "refused the key" in r.stderr and str(tmp_path / "bad") in r.stderr
-    assert "ssh-copy-id" in r.stderr
+    assert "ssh-copy-id" in r.stderr and "--install-key" in r.stderr
     assert not (project / "conf" / "target" / "box.yaml").exists()
     r = run_cli("attach", "box", "--host", "127.0.0.1", "--port", PORT, "--key",
                 str(tmp_path / "missing"), "--ssh-config", str(empty_conf), cwd=project)
@@ -674,3 +675,124 @@ def test_remote_gc_names_the_targets_it_can_clean(project: Path, work: Path) -> 
     assert "runner docker-prune" in r.stderr
     r = run_cli("remote-gc", "box", "--older-than", "-1", cwd=project)
     assert r.returncode == 2 and "--older-than: must be 0 or more days" in r.stderr
+
+
+# -- attach --install-key: a one-time password prompt that only installs the key -------------
+PW_PORT = TB.get("RUNNER_TEST_PW_PORT", "")
+PW_USER = TB.get("RUNNER_TEST_PW_USER", "")
+PW_FILE = TB.get("RUNNER_TEST_PW_FILE", "")
+
+
+def _password_host_problem() -> str | None:
+    if not (PW_PORT and PW_USER and PW_FILE):
+        return "no password SSH test host; start it with scripts/testbed.sh up"
+    if not os.access(PW_FILE, os.R_OK):
+        return f"the test user's password file {PW_FILE} is not readable here"
+    try:
+        socket.create_connection(("127.0.0.1", int(PW_PORT)), timeout=5).close()
+    except OSError as e:
+        return f"the password SSH test host (127.0.0.1:{PW_PORT}) does not answer ({e})"
+    return None
+
+
+needs_password_host = pytest.mark.skipif(_password_host_problem() is not None,
+                                         reason=_password_host_problem() or "")
+
+
+@pytest.fixture
+def fresh_key(tmp_path: Path) -> Iterator[Path]:
+    """A new key pair; afterwards its key is removed from the test user's authorized_keys."""
+    import pwd
+
+    key = tmp_path / "id_new"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "install-key-test",
+                    "-f", str(key)], check=True)
+    yield key
+    blob = key.with_name("id_new.pub").read_text().split()[1]
+    auth = Path(pwd.getpwnam(PW_USER).pw_dir) / ".ssh" / "authorized_keys"
+    if auth.is_file():
+        kept = [ln for ln in auth.read_text().splitlines(keepends=True) if blob not in ln]
+        auth.write_text("".join(kept))  # in place: owner and mode stay
+
+
+def _authorized(key: Path) -> list[str]:
+    import pwd
+
+    auth = Path(pwd.getpwnam(PW_USER).pw_dir) / ".ssh" / "authorized_keys"
+    blob = key.with_name(key.name + ".pub").read_text().split()[1]
+    return [ln for ln in auth.read_text().splitlines() if blob in ln] if auth.is_file() else []
+
+
+def _attach_pw(project: Path, tmp_path: Path, key: Path, *extra: str,
+               stdin: str | None) -> subprocess.CompletedProcess[str]:
+    """``runner attach`` to the password host with no terminal (a new session has none, so
+    getpass reads stdin; ``stdin=None`` gives it nothing to read)."""
+    conf = tmp_path / "empty_ssh_config"
+    conf.write_text("")
+    args = ["attach", "pwbox", "--host", "127.0.0.1", "--port", PW_PORT, "--user", PW_USER,
+            "--key", str(key), "--ssh-config", str(conf), "--known-hosts",
+            str(tmp_path / "known_hosts"), "--work-dir", str(tmp_path / "remote-work"), *extra]
+    return subprocess.run([sys.executable, "-m", "runner.cli", *args], cwd=project, text=True,
+                          capture_output=True, timeout=120, start_new_session=True,
+                          input=stdin if stdin is not None else "")
+
+
+def _tree_text(root: Path) -> bytes:
+    return b"".join(p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file())
+
+
+@needs_password_host
+def test_attach_install_key_asks_once_installs_the_key_and_then_logs_in_with_it(
+        project: Path, tmp_path: Path, fresh_key: Path) -> None:
+    password = Path(PW_FILE).read_text().strip()
+    fp = _fingerprint()
+    r = _attach_pw(project, tmp_path, fresh_key, "--install-key", "--trust-host-key", fp,
+                   stdin=password + "\n")
+    assert "asked once, used only to install" in r.stderr  # the one prompt
+    assert f"installed {fresh_key}.pub in ~/.ssh/authorized_keys" in r.stdout
+    assert len(_authorized(fresh_key)) == 1
+    # then attach goes on with the key, as always: this account may not use Docker, which is
+    # what the user is told; nothing is written before that check passes
+    assert r.returncode == 2 and "may not use the Docker engine" in r.stderr, r.stderr
+    target = project / "conf" / "target" / "pwbox.yaml"
+    assert not target.exists()
+    # the key alone logs in now (ssh itself, keys only, no prompt possible)
+    ok = subprocess.run(["ssh", "-F", "/dev/null", "-i", str(fresh_key), "-p", PW_PORT,
+                         "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes", "-o",
+                         f"UserKnownHostsFile={tmp_path / 'known_hosts'}",
+                         f"{PW_USER}@127.0.0.1", "echo in"], capture_output=True, text=True,
+                        timeout=30)
+    assert ok.stdout.strip() == "in", ok.stderr
+    # a second attach asks for nothing (no password to read) and gets as far as Docker again;
+    # installing again does not add the key twice
+    r2 = _attach_pw(project, tmp_path, fresh_key, "--install-key", stdin=None)
+    assert "password" not in r2.stderr.lower(), r2.stderr
+    assert r2.returncode == 2 and "may not use the Docker engine" in r2.stderr
+    assert len(_authorized(fresh_key)) == 1
+    for out in (r.stdout, r.stderr, r2.stdout, r2.stderr):
+        assert password not in out
+    assert password.encode() not in _tree_text(project)  # the ledger, any target file
+
+
+@needs_password_host
+def test_attach_install_key_with_a_wrong_password_changes_nothing(
+        project: Path, tmp_path: Path, fresh_key: Path) -> None:
+    password = Path(PW_FILE).read_text().strip()
+    r = _attach_pw(project, tmp_path, fresh_key, "--install-key", "--trust-host-key",
+                   _fingerprint(), stdin="not-" + password + "\n")
+    assert r.returncode == 2
+    assert "the password was not accepted" in r.stderr and "nothing was installed" in r.stderr
+    assert "Traceback" not in r.stderr
+    assert _authorized(fresh_key) == []
+    assert not (project / "conf" / "target" / "pwbox.yaml").exists()
+    assert password not in r.stdout + r.stderr
+    assert password.encode() not in _tree_text(project)
+    # no password at all: refused before any login
+    r = _attach_pw(project, tmp_path, fresh_key, "--install-key", stdin=None)
+    assert r.returncode == 2 and "no password was given" in r.stderr
+    # a key pair that does not exist is refused before anything is asked
+    r = _attach_pw(project, tmp_path, tmp_path / "no_such_key", "--install-key",
+                   stdin=password + "\n")
+    assert r.returncode == 2 and "no key pair to install" in r.stderr
+    assert "ssh-keygen -t ed25519 -f" in r.stderr and "password for" not in r.stderr
+    assert _authorized(fresh_key) == []
