@@ -31,6 +31,8 @@ from runner.errors import UserError
 
 #: Label keys on everything the runner creates in an engine.
 LABEL = "io.runner"
+#: network modes a Docker target may ask for (no bridge is assumed to exist besides the default)
+NETWORKS = ("default", "host", "none")
 L_MANAGED = f"{LABEL}.managed"  # "1" on every container and image the runner made
 L_KIND = f"{LABEL}.kind"  # "run", "preflight" or "env" (an env image)
 L_RUN_ID = f"{LABEL}.run-id"

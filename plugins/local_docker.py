@@ -35,7 +35,6 @@ from runner.errors import UserError
 from runner.plugins import _docker as dk
 from runner.rundir import LocalDirHandleMixin, RunDir, lost_or_cancelled
 
-NETWORKS = ("default", "host", "none")
 #: seconds a container may sit in "Created" before its run counts as never started
 CREATED_PATIENCE = 60.0
 #: seconds a "the container runs" answer from the engine is trusted before asking again
@@ -206,9 +205,9 @@ class LocalDockerBackend(Backend):
     def __init__(self, config: BackendConfig) -> None:
         super().__init__(config)
         c = self.config
-        if c.network not in NETWORKS:
+        if c.network not in dk.NETWORKS:
             raise UserError(f"target.network: '{c.network}' is not a network mode of this backend.",
-                            f"valid: {', '.join(NETWORKS)} (the engine here has no bridge to add "
+                            f"valid: {', '.join(dk.NETWORKS)} (the engine here has no bridge to add "
                             "others to).")
         if c.cpus is not None and c.cpus <= 0:
             raise UserError(f"target.cpus: must be a positive number of CPUs, got {c.cpus}.")

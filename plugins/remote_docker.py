@@ -57,7 +57,6 @@ from runner.plugins import _docker as dk
 from runner.plugins._ssh import ConnectionLost, KeyRefused, Session, SSHExecutor, SSHSettings
 from runner.rundir import CODE, LOG, OUTPUTS, RunDir, write_json_atomic
 
-NETWORKS = ("default", "host", "none")
 #: Label on run containers that count against a host's slots.
 L_SLOTS = f"{dk.LABEL}.slots"
 #: Exit code of the start script when every slot is busy.
@@ -407,9 +406,9 @@ class RemoteDockerBackend(Backend):
     def __init__(self, config: BackendConfig) -> None:
         super().__init__(config)
         c = self.config
-        if c.network not in NETWORKS:
+        if c.network not in dk.NETWORKS:
             raise UserError(f"target.network: '{c.network}' is not a network mode of this backend.",
-                            f"valid: {', '.join(NETWORKS)}")
+                            f"valid: {', '.join(dk.NETWORKS)}")
         if c.slots < 1:
             raise UserError(f"target.slots: must be at least 1, got {c.slots}.")
         if c.cpus is not None and c.cpus <= 0:
