@@ -762,3 +762,15 @@ def prune_report(cli: DockerCLI, *, keep: int, env_name: str | None, yes: bool,
         remove_env_images(cli, found)
         print(f"removed {len(found)} env image(s) ({total}, less layers that kept images share)")
     return found
+
+
+def check_target(c: Any, *, hint: str = "") -> None:
+    """Refuse the container options of a Docker target (local or remote) that cannot work:
+    a network mode the engine lacks, no slots, a non-positive CPU limit."""
+    if c.network not in NETWORKS:
+        raise UserError(f"target.network: '{c.network}' is not a network mode of this backend.",
+                        f"valid: {', '.join(NETWORKS)}{hint}")
+    if c.slots < 1:
+        raise UserError(f"target.slots: must be at least 1, got {c.slots}.")
+    if c.cpus is not None and c.cpus <= 0:
+        raise UserError(f"target.cpus: must be a positive number of CPUs, got {c.cpus}.")

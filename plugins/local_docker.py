@@ -205,12 +205,7 @@ class LocalDockerBackend(Backend):
     def __init__(self, config: BackendConfig) -> None:
         super().__init__(config)
         c = self.config
-        if c.network not in dk.NETWORKS:
-            raise UserError(f"target.network: '{c.network}' is not a network mode of this backend.",
-                            f"valid: {', '.join(dk.NETWORKS)} (the engine here has no bridge to add "
-                            "others to).")
-        if c.cpus is not None and c.cpus <= 0:
-            raise UserError(f"target.cpus: must be a positive number of CPUs, got {c.cpus}.")
+        dk.check_target(c, hint=" (the engine here has no bridge to add others to)")
         self.cli = dk.DockerCLI(docker=c.docker, where="this machine")
 
     # -- environments -------------------------------------------------------------------------

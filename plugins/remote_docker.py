@@ -406,13 +406,7 @@ class RemoteDockerBackend(Backend):
     def __init__(self, config: BackendConfig) -> None:
         super().__init__(config)
         c = self.config
-        if c.network not in dk.NETWORKS:
-            raise UserError(f"target.network: '{c.network}' is not a network mode of this backend.",
-                            f"valid: {', '.join(dk.NETWORKS)}")
-        if c.slots < 1:
-            raise UserError(f"target.slots: must be at least 1, got {c.slots}.")
-        if c.cpus is not None and c.cpus <= 0:
-            raise UserError(f"target.cpus: must be a positive number of CPUs, got {c.cpus}.")
+        dk.check_target(c)
         self.docker = c.docker
         self._facts: HostFacts | None = None
         self._session: Session | None = None

@@ -240,6 +240,10 @@ def test_bad_network_mode_is_a_clear_error() -> None:
     with pytest.raises(UserError, match=r"target.network: 'bridge'.*\n?.*") as e:
         LocalDockerBackend(LocalDockerConfig(network="bridge"))
     assert "default, host, none" in e.value.render()
+    with pytest.raises(UserError, match="target.slots: must be at least 1, got 0"):
+        LocalDockerBackend(LocalDockerConfig(slots=0))
+    with pytest.raises(UserError, match="target.cpus: must be a positive number"):
+        LocalDockerBackend(LocalDockerConfig(cpus=0))
 
 
 # -- env images ---------------------------------------------------------------------------------
