@@ -149,9 +149,6 @@ class Runs:
                        labels={"sweep": sweep_id} if sweep_id else {})
         return rec, spec
 
-    def prepare(self, backend: Backend, spec: RunSpec) -> Prepared:
-        return backend.prepare(spec)
-
     def launch(self, plan: Plan, spec: RunSpec, *, on_prepared: Callable[[Prepared], None] | None = None
                ) -> RunHandle:
         """Prepare and submit a recorded run; a failure is recorded as FAILED and re-raised."""

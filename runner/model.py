@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
@@ -90,11 +89,3 @@ class Model(ABC):
 
         Raise :class:`ModelError` for an expected failure (one line, no traceback).
         """
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """A registered model class and the plugin that registered it (for ``runner plugins``)."""
-
-    cls: type[Model]
-    plugin: str

@@ -235,6 +235,11 @@ def run(run_dir: Path) -> int:
             code = int(model.run(ctx) or 0)
         except ModelError as e:
             raise _Fail(str(e)) from None
+        except ModuleNotFoundError as e:
+            if not model_cls.requires:
+                raise
+            raise _Fail(f"model {model_cls.name} needs {', '.join(model_cls.requires)} in the "
+                        f"run's environment: {e}") from None
         status = RunStatus(
             RunState.SUCCEEDED if code == 0 else RunState.FAILED,
             exit_code=code,

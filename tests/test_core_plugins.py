@@ -149,3 +149,45 @@ def test_every_hook_is_exercised_by_these_tests(project: Path) -> None:
     assert seen == set(HOOKS)
     reg = collect(make_plugin_manager())
     assert "local" in reg.backends and "script" in reg.models
+
+
+def test_a_model_missing_its_framework_fails_with_what_it_requires(project: Path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    from runner.plugins.local import LocalBackend, LocalConfig
+    from runner.rundir import RunDir
+    from runner.testing import make_run
+
+    spec = make_run(project, LocalBackend(LocalConfig()), "")
+    req = spec.run_dir / "request.json"
+    data = json.loads(req.read_text())
+    data["model"], data["model_config"] = "needs_framework", {}
+    req.write_text(json.dumps(data))
+    # the worker, in its own process, with one more built-in: a model whose framework is absent
+    (project / "start_worker.py").write_text(
+        "import sys\n"
+        "from dataclasses import dataclass\n"
+        "import runner.registry as registry\n"
+        "from runner import hookimpl\n"
+        "from runner.model import Model\n"
+        "@dataclass\n"
+        "class C:\n    name: str = 'needs_framework'\n"
+        "class NeedsFramework(Model):\n"
+        "    name = 'needs_framework'\n    Config = C\n    requires = ('no_such_framework>=1',)\n"
+        "    def run(self, ctx):\n        import no_such_framework\n        return 0\n"
+        "class Plugin:\n"
+        "    @hookimpl\n    def runner_register_models(self, register):\n"
+        "        register(NeedsFramework)\n"
+        "orig = registry.make_plugin_manager\n"
+        "registry.make_plugin_manager = lambda **kw: orig(**{**kw, 'extra': (Plugin(),)})\n"
+        "from runner.worker import main\n"
+        "sys.exit(main([sys.argv[1]]))\n"
+    )
+    proc = subprocess.run([sys.executable, str(project / "start_worker.py"), str(spec.run_dir)],
+                          capture_output=True, text=True, timeout=60)
+    st = RunDir(spec.run_dir).status()
+    assert proc.returncode == 1 and st is not None and st.state == RunState.FAILED
+    assert "needs no_such_framework>=1" in st.message and "No module named" in st.message
+    assert "Traceback" not in proc.stdout + proc.stderr
