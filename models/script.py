@@ -14,6 +14,7 @@ from typing import Any
 from runner import hookimpl
 from runner.errors import UserError
 from runner.model import Model, ModelError, RunContext
+from runner.tracking import ENV_DATA_PREFIX
 
 
 @dataclass
@@ -26,7 +27,11 @@ class ScriptConfig:
 
 
 class ScriptModel(Model):
-    """Runs ``python PATH ARGS...`` (or ``python -m MODULE ARGS...``) as a child process."""
+    """Runs ``python PATH ARGS...`` (or ``python -m MODULE ARGS...``) as a child process.
+
+    ``data.path`` (a file or folder on the client, or ``target:/path``) travels with the run;
+    the script finds it with ``runner.data_path()`` (``$RUNNER_DATA_PATH``).
+    """
 
     name = "script"
     Config = ScriptConfig
@@ -74,6 +79,11 @@ class ScriptModel(Model):
         if self.config.python:  # another interpreter: its `import runner` must find this one
             paths.append(_runner_path())
         env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
+        # the data the run shipped, where it lies on the target (runner.data_path() reads it)
+        for key in self.data_paths:
+            value = ctx.data.get(key)
+            if isinstance(value, str) and value:
+                env[f"{ENV_DATA_PREFIX}{key.upper()}"] = value
         try:
             proc = subprocess.Popen(self.command(), cwd=ctx.work_dir, env=env)
         except FileNotFoundError as e:

@@ -28,6 +28,7 @@ from typing import Any, Protocol
 from runner.backend import EnvSpec
 from runner.environment import env_inputs, env_key, explain_miss
 from runner.errors import UserError
+from runner.request import DataInput
 
 #: Label keys on everything the runner creates in an engine.
 LABEL = "io.runner"
@@ -49,6 +50,8 @@ IMAGE_REPO = "runner-env"
 RECIPE = 2
 #: Where things live inside a run container.
 RUN_MOUNT = "/runner/run"
+DATA_MOUNT = "/runner/data"  # the run's shipped data inputs, one folder per data key, read-only
+CACHE_MOUNT = "/runner/cache"  # the target's cache volume: framework downloads, pip
 BUNDLE_DIR = "/opt/runner/bundle"
 VENV_DIR = "/opt/runner/venv"
 
@@ -221,6 +224,8 @@ class ContainerSpec:
     command: list[str]  # what runs inside
     labels: Mapping[str, str] = field(default_factory=dict)
     mounts: Sequence[tuple[str, str]] = ()  # (host path, container path) bind mounts
+    readonly: Sequence[tuple[str, str]] = ()  # the same, read-only (the run's data)
+    volumes: Sequence[tuple[str, str]] = ()  # (named volume, container path): the cache
     workdir: str | None = None
     env: Mapping[str, str] = field(default_factory=dict)  # NAME=value
     pass_env: Sequence[str] = ()  # NAMEs whose values docker copies from the caller's env
@@ -241,6 +246,10 @@ class ContainerSpec:
             a += ["--label", f"{k}={v}"]
         for src, dst in self.mounts:
             a += ["--mount", mount_arg(src, dst)]
+        for src, dst in self.readonly:
+            a += ["--mount", mount_arg(src, dst, readonly=True)]
+        for name, dst in self.volumes:
+            a += ["--mount", f"type=volume,source={name},target={dst}"]
         if self.workdir:
             a += ["--workdir", self.workdir]
         if self.user:
@@ -260,6 +269,34 @@ class ContainerSpec:
             a += ["--shm-size", self.shm_size]
         a += gpu_args(self.gpus)
         return a + [self.image, *self.command]
+
+
+def data_mounts(inputs: Sequence[DataInput], host_path: Callable[[DataInput], str]
+                ) -> list[tuple[str, str]]:
+    """Read-only mounts that put each data input where the worker looks for it
+    (``DATA_MOUNT/KEY``, a file under its own name); ``host_path`` says where an input lies
+    on the engine's host. Data already on the target is mounted at its own path."""
+    out = []
+    for d in inputs:
+        if d.on_target:
+            out.append((d.source, d.source))
+        else:
+            out.append((host_path(d), d.target_path(DATA_MOUNT)))
+    return out
+
+
+def cache_env() -> dict[str, str]:
+    """Environment variables that point frameworks' download caches into the cache volume."""
+    return {"KERAS_HOME": f"{CACHE_MOUNT}/keras", "PIP_CACHE_DIR": f"{CACHE_MOUNT}/pip",
+            "HF_HOME": f"{CACHE_MOUNT}/huggingface", "TORCH_HOME": f"{CACHE_MOUNT}/torch",
+            "XDG_CACHE_HOME": f"{CACHE_MOUNT}/xdg"}
+
+
+def valid_volume_name(name: str) -> bool:
+    """Docker's rule for volume names."""
+    import re
+
+    return bool(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]+", name))
 
 
 def worker_command(run_mount: str = RUN_MOUNT) -> list[str]:
@@ -314,7 +351,9 @@ def dockerfile(base_ref: str, apt: Sequence[str], has_requirements: bool) -> str
         ]
     # precompiled: each container starts from the image, so .pyc files made at run time are lost
     lines += [f"COPY bundle {BUNDLE_DIR}", f"RUN python -m compileall -q {BUNDLE_DIR}",
-              f"ENV PYTHONPATH={BUNDLE_DIR}"]
+              f"ENV PYTHONPATH={BUNDLE_DIR}",
+              # a new cache volume copies this folder's mode: any run's uid may write to it
+              f"RUN mkdir -p {CACHE_MOUNT} && chmod 1777 {CACHE_MOUNT}"]
     return "\n".join(lines) + "\n"
 
 
@@ -772,5 +811,9 @@ def check_target(c: Any, *, hint: str = "") -> None:
                         f"valid: {', '.join(NETWORKS)}{hint}")
     if c.slots < 1:
         raise UserError(f"target.slots: must be at least 1, got {c.slots}.")
+    cache = getattr(c, "cache_volume", None)
+    if cache is not None and not valid_volume_name(str(cache)):
+        raise UserError(f"target.cache_volume: {cache!r} is not a Docker volume name.",
+                        "use letters, digits, '_', '.', '-' (e.g. runner-cache), or null for none.")
     if c.cpus is not None and c.cpus <= 0:
         raise UserError(f"target.cpus: must be a positive number of CPUs, got {c.cpus}.")

@@ -33,6 +33,7 @@ from runner.backend import (
 from runner.bundle import worker_bundle
 from runner.errors import UserError
 from runner.plugins import _docker as dk
+from runner.request import DATA_DIR_ENV
 from runner.rundir import LocalDirHandleMixin, RunDir, lost_or_cancelled
 
 #: seconds a container may sit in "Created" before its run counts as never started
@@ -56,6 +57,7 @@ class LocalDockerConfig(BackendConfig):
     build_network: str = "host"  # network for image builds (pip and apt need DNS)
     gpu_preflight: bool = True  # check in prepare that the framework in the image sees a GPU
     cancel_grace: float = 10.0  # seconds between SIGTERM and SIGKILL when cancelling
+    cache_volume: str | None = "runner-cache"  # named volume at /runner/cache for downloads; null = none
 
 
 class DockerHandle(LocalDirHandleMixin, RunHandle):
@@ -246,7 +248,9 @@ class LocalDockerBackend(Backend):
     def submit(self, spec: RunSpec, prepared: Prepared) -> RunHandle:
         rd = RunDir(spec.run_dir)
         rd.log.touch()
-        request = rd.request()
+        request = spec.request
+        if request is None:
+            raise ValueError(f"run {spec.run_id}: submit needs the spec's request")
         gpus = self._gpus(spec)
         labels = {
             dk.L_MANAGED: "1", dk.L_KIND: "run", dk.L_RUN_ID: spec.run_id,
@@ -262,16 +266,24 @@ class LocalDockerBackend(Backend):
         visible = dk.visible_devices(gpus)
         if visible is not None:
             env["CUDA_VISIBLE_DEVICES"] = visible
+        # data stays where it is: bind-mounted read-only, never copied
+        staged = [d for d in request.data_inputs if not d.on_target]
+        if staged:
+            env[DATA_DIR_ENV] = dk.DATA_MOUNT
+        if self.config.cache_volume:
+            env.update(dk.cache_env())
         container = dk.ContainerSpec(
             name=f"runner-{spec.run_id}",
             image=str(prepared.details.get("image") or dk.image_tag(prepared.env_key)),
             command=dk.worker_command(),
             labels=labels,
             mounts=[(str(rd.path.resolve()), dk.RUN_MOUNT)],
+            readonly=dk.data_mounts(request.data_inputs, lambda d: d.source),
+            volumes=[(self.config.cache_volume, dk.CACHE_MOUNT)] if self.config.cache_volume else [],
             workdir=f"{dk.RUN_MOUNT}/code" if rd.code.is_dir() else dk.RUN_MOUNT,
             env=env,
             # secrets travel by name only: docker copies their values from this process's env
-            pass_env=[n for n in request.get("secret_env") or [] if n in os.environ],
+            pass_env=[n for n in request.secret_env if n in os.environ],
             user=user,
             network=self.config.network, cpus=self.config.cpus, memory=self.config.memory,
             shm_size=self.config.shm_size, gpus=gpus,

@@ -19,7 +19,10 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    from runner.request import DataInput, RunRequest
 
 __all__ = [
     "Backend",
@@ -133,6 +136,14 @@ class RunSpec:
     project_root: Path  #: the user's project (where ``.runner/`` and ``conf/`` live)
     gpus: str | None = None  #: GPUs to give this run (a sweep slot may narrow the target's)
     labels: Mapping[str, str] = field(default_factory=dict)  #: e.g. sweep id, job number
+    #: what the worker will run: model, config, seed, GPUs, secret references, code manifest
+    #: and the data inputs to stage (see :mod:`runner.request`); None only for ``prepare``
+    request: RunRequest | None = None
+
+    @property
+    def data_inputs(self) -> tuple[DataInput, ...]:
+        """The files and folders the run reads (empty without a request)."""
+        return self.request.data_inputs if self.request is not None else ()
 
 
 @dataclass(frozen=True)
@@ -152,6 +163,7 @@ class BackendConfig:
     backend: str = "local"  #: the registered backend that runs this target
     slots: int = 1  #: how many runs may execute on the target at once
     gpus: str | None = None  #: GPUs the target offers: None, "all" or "0,1,2,3"
+    max_data_mb: float | None = None  #: refuse runs whose data is larger (MiB); None = no limit
 
 
 class RunHandle(ABC):
@@ -253,6 +265,20 @@ class Backend(ABC):
         """Check that the target can run work (``runner doctor TARGET``): connectivity,
         permissions, disk, GPUs. Each failed :class:`Check` says how to fix it."""
         return []
+
+    def check_data(self, spec: RunSpec) -> None:
+        """Check, before the environment is prepared, that the data the run reads from the
+        target itself (inputs with ``on_target``) is there and readable; raise
+        :class:`runner.errors.UserError` naming the path when it is not.
+
+        The default checks on this machine, which is right for targets that run here. Data
+        that travels with the run (the other inputs) is the backend's to stage in
+        :meth:`submit`: in place, mounted read-only, or copied by content, with
+        ``RUNNER_STAGED_DATA`` (:data:`runner.request.DATA_DIR_ENV`) set for the worker.
+        """
+        from runner.data import check_on_this_machine
+
+        check_on_this_machine(spec.data_inputs, "this machine")
 
     @abstractmethod
     def reattach(self, run_id: str, run_dir: Path, locator: Mapping[str, Any]) -> RunHandle:

@@ -399,16 +399,20 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from runner.backend import RunSpec
+    from runner.request import RunRequest
 
     runs = _runs()
 
     def task(cfg: DictConfig, overrides: list[str], choices: dict[str, str]) -> Any:
         plan = runs.plan(cfg, overrides, choices)
         with tempfile.TemporaryDirectory(prefix="runner-prepare-") as tmp:
+            request = RunRequest(run_id="prepare", model=plan.model.name, model_config={},
+                                 data=plan.data, data_inputs=plan.data_inputs)
             spec = RunSpec(run_id="prepare", run_dir=Path(tmp), target_name=plan.target_name,
                            target=plan.backend.config, env=plan.env, model=plan.model.name,
-                           project_root=runs.project_root, gpus=plan.env.gpus)
+                           project_root=runs.project_root, gpus=plan.env.gpus, request=request)
             t0 = time.perf_counter()
+            plan.backend.check_data(spec)  # data that must already be on the target is there
             prepared = plan.backend.prepare(spec)
             dt = time.perf_counter() - t0
         _err(f"env {plan.env.name} on target {plan.target_name}: {prepared.reason} "
@@ -510,6 +514,7 @@ def cmd_show(args: argparse.Namespace) -> int:
         ("model", meta.get("model_description", rec.model)),
         ("env", f"{meta.get('choices', {}).get('env', '?')}  key {rec.env_key or '-'}"),
         ("data", meta.get("choices", {}).get("data", "-")),
+        *[(f"data.{d['key']}", _data_line(d, worker)) for d in meta.get("data_inputs") or []],
         ("created", time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(rec.created))
          + f"  ({_age(rec.created)}, ran {end - rec.created:.1f}s)"),
         ("overrides", " ".join(meta.get("overrides", [])) or "-"),
@@ -554,6 +559,27 @@ def cmd_show(args: argparse.Namespace) -> int:
         for p in outputs[:50]:
             con.print(f"  {p.relative_to(rd.outputs)}  ({p.stat().st_size:,} bytes)", markup=False)
     return 0
+
+
+def _size_text(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+def _data_line(d: dict[str, Any], worker: dict[str, Any]) -> str:
+    """One recorded data input: as given, by content, and where the run read it."""
+    if d.get("on_target"):
+        text = f"{d['given']}  (on the target, not shipped)"
+    else:
+        text = (f"{d['given']}  sha256 {str(d.get('digest'))[:12]}  {d.get('files')} file(s), "
+                f"{_size_text(float(d.get('bytes') or 0))}")
+    seen = [w for w in worker.get("data") or [] if w.get("key") == d.get("key")]
+    if seen:
+        text += f"  read at {seen[0].get('path')}"
+    return text
 
 
 def _compact(v: Any) -> str:
@@ -636,7 +662,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from runner.errors import UserError
-    from runner.rundir import CONFIG
+    from runner.rundir import CONFIG, RunDir
 
     runs = _runs()
     runs.reconcile()
@@ -658,6 +684,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
             flat.append(_flatten(yaml.safe_load((r.run_dir / CONFIG).read_text()) or {}))
         except FileNotFoundError:
             flat.append({})
+    for f, r in zip(flat, records, strict=True):  # what the data was, by content
+        for d in RunDir(r.run_dir).meta().get("data_inputs") or []:
+            f[f"data.{d['key']} (content)"] = (str(d.get("digest"))[:12] if d.get("digest")
+                                               else "on target")
     keys = sorted({k for f in flat for k in f})
     differ = [k for k in keys if len({repr(f.get(k, "<unset>")) for f in flat}) > 1]
     if swept is not None:  # a sweep: only what the sweep varied (a group choice: its keys)

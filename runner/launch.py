@@ -21,9 +21,11 @@ from omegaconf import DictConfig, OmegaConf
 from runner import __version__, snapshot
 from runner import config as conf
 from runner.backend import Backend, EnvSpec, Prepared, RunHandle, RunSpec, RunState, RunStatus
+from runner.data import collect as collect_data
 from runner.errors import UserError
 from runner.model import Model
 from runner.registry import Registry, collect, make_plugin_manager
+from runner.request import DataInput, RunRequest
 from runner.rundir import CONFIG, META, RunDir, write_json_atomic
 from runner.secrets import env_ref, is_secret_key, redact, secret_refs
 from runner.store import RunRecord, Store, find_project_root
@@ -41,7 +43,9 @@ class Plan:
     env: EnvSpec
     model: Model
     seed: int
-    data: dict[str, Any]  #: the data config after the model validated (and normalized) it
+    data: dict[str, Any]  #: the data config (paths as the user gave them)
+    values: dict[str, Any]  #: the whole config as plain values (see :func:`_job_values`)
+    data_inputs: tuple[DataInput, ...] = ()  #: the files and folders the run reads
 
 
 def _job_values(cfg: DictConfig) -> dict[str, Any]:
@@ -82,13 +86,18 @@ class Runs:
         backend_cls, target_conf = conf.target_config(cfg, target_name, self.registry, self.dirs)
         env = conf.env_spec(cfg, choices.get("env", "?"), self.dirs, self.project_root)
         model = conf.model_instance(cfg, choices.get("model", "?"), self.registry, self.dirs)
-        data = _job_values(cfg).get("data") or {}
+        values = _job_values(cfg)
+        data = values.get("data") or {}
         model.validate(self.project_root, data)
         seed = cfg.get("seed", 0)
         if not isinstance(seed, int):
             raise UserError(f"seed: must be an integer, got {seed!r}.")
+        inputs = collect_data(data, type(model).data_paths, cwd=Path.cwd(),
+                              cache_path=self.store.home / "cache" / "file-hashes.db",
+                              max_mb=getattr(target_conf, "max_data_mb", None),
+                              target=f"target {target_name}")
         return Plan(cfg, list(overrides), dict(choices), target_name, backend_cls(target_conf),
-                    env, model, seed, data)
+                    env, model, seed, data, values, inputs)
 
     def backend_for(self, record: RunRecord) -> Backend:
         meta = RunDir(record.run_dir).meta()
@@ -99,34 +108,30 @@ class Runs:
 
     # -- starting ---------------------------------------------------------------
     def record(self, plan: Plan, *, sweep_id: str | None = None, job_key: str | None = None,
-               code_from: Path | None = None, gpus: str | None = None) -> tuple[RunRecord, RunSpec]:
+               code_from: Path | None = None, code_manifest: dict[str, Any] | None = None,
+               gpus: str | None = None) -> tuple[RunRecord, RunSpec]:
         """Create the ledger row and the run directory (request, config, meta, code)."""
         rec = self.store.create_run(target=plan.target_name, backend=plan.backend.name,
                                     model=plan.model.name, sweep_id=sweep_id, job_key=job_key)
         rd = RunDir(rec.run_dir)
-        values = _job_values(plan.cfg)
+        values = plan.values
         if code_from is not None:
             import shutil
 
             shutil.copytree(code_from, rd.code, symlinks=True)
-            manifest: dict[str, Any] | None = None
+            manifest: dict[str, Any] | None = code_manifest
         else:
             manifest = snapshot.take(self.project_root, rd.code)
         target_conf = dataclasses.asdict(plan.backend.config)  # type: ignore[call-overload]
         gpus = gpus if gpus is not None else (plan.env.gpus or target_conf.get("gpus"))
-        rd.write_request({
-            "run_id": rec.id,
-            "model": plan.model.name,
-            "model_config": {**dataclasses.asdict(plan.model.config),
-                             **{k: v for k, v in values.get("model", {}).items()
-                                if env_ref(v)}},
-            "data": plan.data,
-            "env": values.get("env") or {},
-            "seed": plan.seed,
-            "gpus": gpus,
-            "require_gpu": plan.env.require_gpu,
-            "secret_env": sorted(secret_refs(values)),
-        })
+        request = RunRequest(
+            run_id=rec.id, model=plan.model.name,
+            model_config={**dataclasses.asdict(plan.model.config),
+                          **{k: v for k, v in values.get("model", {}).items() if env_ref(v)}},
+            data=plan.data, data_inputs=plan.data_inputs, env=values.get("env") or {},
+            seed=plan.seed, gpus=gpus, require_gpu=plan.env.require_gpu,
+            secret_env=tuple(sorted(secret_refs(values))), code_manifest=manifest)
+        rd.write_request(request.to_dict())
         (rd.path / CONFIG).write_text(yaml.safe_dump(redact(values), sort_keys=False))
         write_json_atomic(rd.path / META, {
             "overrides": [redact_override(o) for o in plan.overrides],
@@ -142,11 +147,12 @@ class Runs:
             },
             "sweep_id": sweep_id,
             "model_description": plan.model.describe(),
+            "data_inputs": [d.record() for d in plan.data_inputs],
         })
         spec = RunSpec(run_id=rec.id, run_dir=rd.path, target_name=plan.target_name,
                        target=plan.backend.config, env=plan.env, model=plan.model.name,
                        project_root=self.project_root, gpus=gpus,
-                       labels={"sweep": sweep_id} if sweep_id else {})
+                       labels={"sweep": sweep_id} if sweep_id else {}, request=request)
         return rec, spec
 
     def launch(self, plan: Plan, spec: RunSpec, *, on_prepared: Callable[[Prepared], None] | None = None
@@ -157,6 +163,7 @@ class Runs:
             self.store.update(spec.run_id, state=RunState.PREPARING)
             rd.write_status(RunStatus(RunState.PREPARING))
             self.pm.hook.runner_before_prepare(spec=spec)
+            plan.backend.check_data(spec)
             prepared = plan.backend.prepare(spec)
             if on_prepared:
                 on_prepared(prepared)

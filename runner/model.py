@@ -33,7 +33,9 @@ class RunContext(Protocol):
     work_dir: Path  #: where the project's code snapshot is (the working directory)
     outputs_dir: Path  #: put every artifact here; it comes back to the client
     seed: int  #: the seed the worker gave Python's, NumPy's and the framework's RNGs
-    data: Mapping[str, Any]  #: the composed ``data`` config (plain values)
+    #: the composed ``data`` config (plain values); the keys the model declared in
+    #: :attr:`Model.data_paths` hold the in-target path of the data the run shipped
+    data: Mapping[str, Any]
     env: Mapping[str, Any]  #: the composed ``env`` config (plain values)
     gpus: str | None  #: GPUs given to this run (None = none requested)
 
@@ -54,6 +56,11 @@ class Model(ABC):
     #: True when the model runs its work in a child process (the worker then seeds only
     #: through ``RUNNER_SEED``/``PYTHONHASHSEED`` instead of importing NumPy to seed it)
     runs_in_subprocess: ClassVar[bool] = False
+    #: Keys of the ``data`` config that name a file or folder the run reads, with what each
+    #: must be: ``"file"``, ``"dir"`` or ``"any"``. The runner resolves them against the
+    #: user's working directory, checks and hashes them on the client, stages them on the
+    #: target, and hands the model the in-target path in ``ctx.data[KEY]``.
+    data_paths: ClassVar[Mapping[str, str]] = {"path": "any"}
 
     def __init__(self, config: Any) -> None:
         self.config = config
@@ -67,9 +74,9 @@ class Model(ABC):
     def validate(self, project_root: Path, data: dict[str, Any]) -> None:  # noqa: B027
         """Check the model config and the ``data`` config on the client, before anything is
         submitted (a missing script, an unknown data key). Raise
-        :class:`runner.errors.UserError` with a clear message. May normalize in place what
-        must travel differently (a path relative to the user's directory made absolute);
-        the run's request carries the result."""
+        :class:`runner.errors.UserError` with a clear message. Runs on the client, which may
+        lack the model's framework: import nothing heavy here. Paths named in
+        :attr:`data_paths` need no checks here (the runner checks and stages them)."""
 
     def describe(self) -> str:
         """One line for tables (``runner runs``): the model and its key setting."""

@@ -41,7 +41,7 @@ from omegaconf import DictConfig, OmegaConf
 from runner import snapshot
 from runner.backend import RunHandle, RunSpec, RunState, RunStatus
 from runner.errors import UserError
-from runner.launch import Plan, Runs, _job_values
+from runner.launch import Plan, Runs
 from runner.rundir import RunDir, read_json, write_json_atomic
 from runner.store import RunRecord
 
@@ -168,6 +168,7 @@ class Sweep:
         self.argv = list(argv)
         self.jobs: list[Job] = []
         self.manifest_digest: str | None = None
+        self._code_manifest: dict[str, Any] | None = None
         self._env_keys: dict[str, str] = {}
         self._gpus: dict[str, list[str] | None] = {}
         self._lock = threading.Lock()
@@ -214,6 +215,13 @@ class Sweep:
     def code_dir(self) -> Path:
         return self.home / "code"
 
+    @property
+    def code_manifest(self) -> dict[str, Any] | None:
+        """The manifest of the sweep's code snapshot (what a remote target ships by content)."""
+        if self._code_manifest is None:
+            self._code_manifest = read_json(self.home / "manifest.json")
+        return self._code_manifest
+
     def info(self) -> dict[str, Any]:
         assert self.sweep_id is not None
         rec = self.store.sweep(self.sweep_id)
@@ -237,6 +245,7 @@ class Sweep:
             self.home.mkdir(parents=True, exist_ok=True)
             shutil.move(str(Path(tmp) / "code"), self.code_dir)
         write_json_atomic(self.home / "manifest.json", manifest)
+        self._code_manifest = manifest
         self._say(f"sweep {self.sweep_id}: code snapshot of {len(manifest)} files taken once for "
                   f"every job; cancel with Ctrl-C or `runner cancel {self.sweep_id}`")
 
@@ -270,8 +279,11 @@ class Sweep:
         self._begin(plan.target_name)
         assert self.sweep_id is not None and self.manifest_digest is not None
         self._check_not_cancelled()
-        values = _job_values(cfg)
-        key = key or job_key(values, self.manifest_digest, self._env_key(plan))
+        values = plan.values
+        # the data a job reads is part of what it is: the same path with new content is new
+        data = {d.key: d.digest or d.given for d in plan.data_inputs}
+        key = key or job_key({**values, "_data": data} if data else values,
+                             self.manifest_digest, self._env_key(plan))
         job = Job(num=num, overrides=list(overrides), key=key, plan=plan)
         jobs_dir = self.home / "jobs"
         jobs_dir.mkdir(exist_ok=True)
@@ -291,7 +303,8 @@ class Sweep:
                 remote = "remote" in plan.backend.capabilities
                 self._gpus[target] = _gpu_list(getattr(plan.backend.config, "gpus", None), remote)
             rec, spec = self.runs.record(plan, sweep_id=self.sweep_id, job_key=key,
-                                         code_from=self.code_dir)
+                                         code_from=self.code_dir,
+                                         code_manifest=self.code_manifest)
             job.run_id, job.spec = rec.id, spec
             self._say(f"[job {num}] {rec.id} QUEUED  {self._label(job)}")
             # start at once when there is room: the next jobs are recorded while it runs
@@ -364,9 +377,10 @@ class Sweep:
             return False
         job.gpu = self.capacity.take(job.plan, self._gpus.get(job.plan.target_name))
         if job.gpu is not None:
-            job.spec = dataclasses.replace(job.spec, gpus=job.gpu)
-            req = RunDir(job.spec.run_dir).request()
-            RunDir(job.spec.run_dir).write_request({**req, "gpus": job.gpu})
+            req = job.spec.request.with_gpus(job.gpu) if job.spec.request else None
+            job.spec = dataclasses.replace(job.spec, gpus=job.gpu, request=req)
+            if req is not None:
+                RunDir(job.spec.run_dir).write_request(req.to_dict())
         job.started = time.time()
         try:
             job.handle = self.runs.launch(job.plan, job.spec)

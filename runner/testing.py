@@ -28,6 +28,7 @@ from typing import Any
 import pytest
 
 from runner.backend import Backend, EnvSpec, Prepared, RunHandle, RunSpec, RunState
+from runner.request import DataInput, RunRequest
 from runner.rundir import RunDir
 from runner.store import new_run_id
 
@@ -36,7 +37,8 @@ __all__ = ["BackendContract", "make_run"]
 
 def make_run(
     base: Path, backend: Backend, script: str, *, args: tuple[str, ...] = (),
-    env: EnvSpec | None = None, seed: int = 0,
+    env: EnvSpec | None = None, seed: int = 0, data: dict[str, Any] | None = None,
+    data_inputs: tuple[DataInput, ...] = (),
 ) -> RunSpec:
     """A run directory under ``base`` whose request runs ``script`` with the script model."""
     run_id = new_run_id()
@@ -44,16 +46,15 @@ def make_run(
     (rd.code).mkdir(parents=True)
     (rd.code / "job.py").write_text(textwrap.dedent(script))
     env = env or EnvSpec(name="current")
-    rd.write_request({
-        "run_id": run_id,
-        "model": "script",
-        "model_config": {"name": "script", "path": "job.py", "module": None, "args": list(args),
-                         "python": None},
-        "data": {}, "env": dataclasses.asdict(env) | {"root": None},
-        "seed": seed, "gpus": None, "require_gpu": False, "secret_env": [],
-    })
+    request = RunRequest(
+        run_id=run_id, model="script",
+        model_config={"name": "script", "path": "job.py", "module": None, "args": list(args),
+                      "python": None},
+        data=dict(data or {}), data_inputs=tuple(data_inputs),
+        env=dataclasses.asdict(env) | {"root": None}, seed=seed)
+    rd.write_request(request.to_dict())
     return RunSpec(run_id=run_id, run_dir=rd.path, target_name="contract", target=backend.config,
-                   env=env, model="script", project_root=base)
+                   env=env, model="script", project_root=base, request=request)
 
 
 class BackendContract:

@@ -12,6 +12,8 @@ import sys
 from pathlib import Path
 
 ENV_RUN_DIR = "RUNNER_RUN_DIR"
+#: ``RUNNER_DATA_PATH`` (and one variable per data key a model declares): the run's data there
+ENV_DATA_PREFIX = "RUNNER_DATA_"
 _warned = False
 
 
@@ -45,3 +47,9 @@ def outputs_dir() -> Path:
     path = rd / "outputs" if rd else Path("outputs")
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def data_path(key: str = "path") -> Path | None:
+    """Where the run's ``data.KEY`` lies on the target (None when the run has none)."""
+    value = os.environ.get(f"{ENV_DATA_PREFIX}{key.upper()}")
+    return Path(value) if value else None

@@ -26,6 +26,7 @@ from types import FrameType
 from typing import Any
 
 from runner.backend import RunState, RunStatus
+from runner.request import DATA_DIR_ENV, RunRequest
 from runner.rundir import WORKER, RunDir, append_metric, write_json_atomic
 
 _ENV_REF = re.compile(r"\$\{oc\.env:([A-Za-z_][A-Za-z0-9_]*)(?:,([^}]*))?\}")
@@ -38,17 +39,18 @@ class Cancelled(BaseException):
 class _Context:
     """The :class:`runner.model.RunContext` the worker hands to a model."""
 
-    def __init__(self, rd: RunDir, request: Mapping[str, Any], info: dict[str, Any]) -> None:
+    def __init__(self, rd: RunDir, request: RunRequest, info: dict[str, Any],
+                 data: Mapping[str, Any]) -> None:
         self._rd = rd
         self._info = info
-        self.run_id: str = request["run_id"]
+        self.run_id: str = request.run_id
         self.run_dir = rd.path
         self.work_dir = rd.code if rd.code.is_dir() else rd.path
         self.outputs_dir = rd.outputs
-        self.seed: int = int(request["seed"])
-        self.data: Mapping[str, Any] = request.get("data") or {}
-        self.env: Mapping[str, Any] = request.get("env") or {}
-        self.gpus: str | None = request.get("gpus")
+        self.seed: int = request.seed
+        self.data: Mapping[str, Any] = data
+        self.env: Mapping[str, Any] = request.env
+        self.gpus: str | None = request.gpus
 
     def log_metric(self, name: str, value: float, step: int | None = None) -> None:
         append_metric(self._rd.metrics, name, value, step)
@@ -68,6 +70,28 @@ def resolve_env_refs(value: Any) -> Any:
     if isinstance(value, list):
         return [resolve_env_refs(v) for v in value]
     return value
+
+
+def data_on_target(request: RunRequest) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The ``data`` config with each input's in-target path, and what was found there.
+
+    Backends that staged the inputs under one folder say where in ``RUNNER_STAGED_DATA``;
+    without it the inputs are read in place. A missing input is an error naming the key.
+    """
+    data_dir = os.environ.get(DATA_DIR_ENV) or None
+    data = dict(request.data)
+    seen = []
+    for d in request.data_inputs:
+        where = d.target_path(data_dir)
+        if not os.path.exists(where):
+            how = ("it was marked target: (on the target already)" if d.on_target
+                   else f"the backend staged it under {data_dir}" if data_dir
+                   else "it is read in place")
+            raise _Fail(f"data.{d.key}={d.given!r}: {where} does not exist on "
+                        f"{socket.gethostname()} ({how})")
+        data[d.key] = where
+        seen.append({**d.record(), "path": where})
+    return data, seen
 
 
 def gpu_info() -> list[dict[str, Any]]:
@@ -183,13 +207,13 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
 def run(run_dir: Path) -> int:
     """Execute the run in ``run_dir``; return the process exit code."""
     rd = RunDir(run_dir)
-    request = rd.request()
+    request = RunRequest.from_dict(rd.request())
     signal.signal(signal.SIGTERM, _on_sigterm)
     os.environ["RUNNER_RUN_DIR"] = str(rd.path)
     os.environ["RUNNER_OUTPUTS"] = str(rd.outputs)
     rd.outputs.mkdir(exist_ok=True)
-    if request.get("gpus") not in (None, "", "all"):
-        os.environ.setdefault("CUDA_VISIBLE_DEVICES", str(request["gpus"]))
+    if request.gpus not in (None, "", "all"):
+        os.environ.setdefault("CUDA_VISIBLE_DEVICES", str(request.gpus))
     info: dict[str, Any] = {
         "host": socket.gethostname(),
         "pid": os.getpid(),
@@ -197,16 +221,16 @@ def run(run_dir: Path) -> int:
         "executable": sys.executable,
         "platform": platform.platform(),
         "started": time.time(),
-        "seed": int(request["seed"]),
+        "seed": request.seed,
         "gpus": gpu_info(),
         "packages": _packages(),
     }
     write_json_atomic(rd.path / WORKER, info)
-    restore = _masked_output([os.environ.get(v, "") for v in request.get("secret_env") or []])
+    restore = _masked_output([os.environ.get(v, "") for v in request.secret_env])
     rd.write_status(RunStatus(RunState.RUNNING))
     status: RunStatus
     try:
-        if request.get("require_gpu") and not info["gpus"]:
+        if request.require_gpu and not info["gpus"]:
             raise _Fail(
                 "env.require_gpu is true but no GPU is visible to the run "
                 f"(host {info['host']}: nvidia-smi missing or shows none)"
@@ -217,17 +241,21 @@ def run(run_dir: Path) -> int:
         # built-ins first: scanning every installed distribution for entry points costs time
         # on each run, and is only needed for a model that a third-party package provides
         registry = collect(make_plugin_manager(entry_points=False))
-        if request["model"] not in registry.models:
+        if request.model not in registry.models:
             registry = collect(make_plugin_manager())
-        if request["model"] not in registry.models:
+        if request.model not in registry.models:
             raise _Fail(
-                f"model '{request['model']}' is not registered on the target "
+                f"model '{request.model}' is not registered on the target "
                 f"(available: {', '.join(sorted(registry.models))})"
             )
-        model_cls = registry.models[request["model"]]
-        seed_everything(int(request["seed"]), seed_numpy=not model_cls.runs_in_subprocess)
-        model = model_cls.from_mapping(resolve_env_refs(request.get("model_config") or {}))
-        ctx = _Context(rd, request, info)
+        model_cls = registry.models[request.model]
+        data, seen = data_on_target(request)
+        if seen:
+            info["data"] = seen
+            write_json_atomic(rd.path / WORKER, info)
+        seed_everything(request.seed, seed_numpy=not model_cls.runs_in_subprocess)
+        model = model_cls.from_mapping(resolve_env_refs(dict(request.model_config)))
+        ctx = _Context(rd, request, info, data)
         os.chdir(ctx.work_dir)
         print(f"[runner] run {ctx.run_id}: model {model.describe()} on {info['host']}, seed {ctx.seed}",
               flush=True)
