@@ -171,3 +171,45 @@ def test_a_second_collect_of_unchanged_data_reads_no_file(tmp_path: Path,
     (third,) = rdata.collect({"path": "d"}, {"path": "dir"}, **kw)  # type: ignore[arg-type]
     assert len(calls) == 1 and third.digest != first.digest
     assert third.manifest["sub/3.txt"][1] == len("changed")
+
+
+# -- the sentiment CNN on real reviews, on this machine --------------------------------------------
+MR = Path(__file__).resolve().parents[2] / "shared" / "data" / "rt-polarity"
+TINY_CNN = ["model=sentiment_cnn", "data=text_files", "data.max_samples=600", "model.epochs=1",
+            "model.maxlen=20", "model.num_words=500", "model.filters=8", "model.hidden_dims=8",
+            "model.embedding_dim=8", "model.batch_size=32"]
+
+
+def _reviews(where: Path) -> Path:
+    if MR.is_dir():
+        return MR
+    where.mkdir(parents=True, exist_ok=True)
+    (where / "r.pos").write_text("a wonderful moving film\ngreat acting\n" * 150)
+    (where / "r.neg").write_text("a dull boring mess\nwooden acting\n" * 150)
+    return where
+
+
+@pytest.mark.tf
+@pytest.mark.slow
+def test_the_lab_journey_on_the_local_target(project: Path, tmp_path: Path) -> None:
+    pytest.importorskip("keras")
+    data = _reviews(tmp_path / "reviews")
+    r = run_cli("doctor", "local", cwd=project)
+    assert r.returncode == 0, r.stdout + r.stderr
+    r = run_cli("prepare", *TINY_CNN, f"data.path={data}", cwd=project)
+    assert r.returncode == 0 and "cached" in r.stderr, r.stderr  # env=current: nothing to build
+    seen = {}
+    for how, path in (("relative", os.path.relpath(data, project)), ("absolute", str(data)),
+                      ("on target", f"target:{data}")):
+        r = run_cli("submit", "--detach", *TINY_CNN, f"data.path={path}", cwd=project)
+        assert r.returncode == 0, r.stderr
+        run_id = r.stderr.split("run ", 1)[1].split(":", 1)[0]
+        logs = run_cli("logs", run_id, "-f", cwd=project, timeout=300)
+        assert "val_accuracy:" in logs.stdout and "SUCCEEDED" in logs.stderr, logs.stdout[-2000:] + logs.stderr
+        show = run_cli("show", run_id, cwd=project)
+        assert "SUCCEEDED" in show.stdout and f"read at {data}" in show.stdout, show.stdout
+        assert "gpus" in show.stdout
+        seen[how] = run_id
+    pred = run_cli("predict", seen["relative"], "a wonderful moving film", cwd=project, timeout=120)
+    assert pred.returncode == 0, pred.stderr
+    assert "a wonderful moving film" in pred.stdout
