@@ -175,6 +175,9 @@ class RunHandle(ABC):
 
     #: seconds between polls in the default :meth:`wait`
     poll_interval: ClassVar[float] = 0.2
+    #: seconds :meth:`cancel` gives the run between the stop signal (SIGTERM) and a kill;
+    #: handles take it from their target's ``cancel_grace``; the contract suite lowers it
+    grace: float = 10.0
 
     def __init__(self, run_id: str) -> None:
         self.run_id = run_id

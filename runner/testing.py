@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import textwrap
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +63,8 @@ class BackendContract:
 
     #: seconds a short job may take end to end on this backend (containers start slower)
     timeout: float = 60.0
+    #: run id -> the unique argument its script was started with (see :meth:`start`)
+    _markers: dict[str, str] = {}  # noqa: RUF012 - shared on purpose: one registry per session
 
     @pytest.fixture
     def backend(self) -> Backend:
@@ -72,14 +75,36 @@ class BackendContract:
         return EnvSpec(name="current")
 
     def assert_nothing_left(self, handle: RunHandle) -> None:
-        """Backend-specific check that nothing of a run is left on the target."""
+        """Check that nothing of a run is left on the target.
+
+        The default looks for the run's script among this machine's processes (the cancel
+        tests give it a unique argument): right for targets whose processes this machine can
+        see (local processes, containers of a local engine, test hosts on loopback). Override
+        it for targets elsewhere (e.g. no container with the run's label on the remote host).
+        """
+        marker = self._markers.get(handle.run_id)
+        assert marker is not None, "assert_nothing_left() is meant for runs made with start()"
+        deadline = time.monotonic() + 10
+        while True:
+            left = _processes_with(marker)
+            if not left or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert not left, f"processes of run {handle.run_id} still alive: {left}"
 
     # -- helpers ------------------------------------------------------------------
     def start(self, tmp_path: Path, backend: Backend, env: EnvSpec, script: str,
-              *args: str) -> tuple[RunSpec, Prepared, RunHandle]:
-        spec = make_run(tmp_path, backend, script, args=args, env=env)
+              *args: str, marked: bool = False) -> tuple[RunSpec, Prepared, RunHandle]:
+        """Prepare and submit ``script``; ``marked`` adds a unique argument by which
+        :meth:`assert_nothing_left` finds the run's processes."""
+        marker = f"runner-contract-{uuid.uuid4().hex}"
+        spec = make_run(tmp_path, backend, script, args=(*args, marker) if marked else args,
+                        env=env)
         prepared = backend.prepare(spec)
-        return spec, prepared, backend.submit(spec, prepared)
+        handle = backend.submit(spec, prepared)
+        if marked:
+            self._markers[spec.run_id] = marker
+        return spec, prepared, handle
 
     def wait_running(self, handle: RunHandle, rd: RunDir, marker: str) -> None:
         deadline = time.monotonic() + self.timeout
@@ -127,7 +152,7 @@ class BackendContract:
     ) -> None:
         spec, _, handle = self.start(
             tmp_path, backend, env,
-            "import time\nprint('ready', flush=True)\nwhile True: time.sleep(0.1)",
+            "import time\nprint('ready', flush=True)\nwhile True: time.sleep(0.1)", marked=True,
         )
         self.wait_running(handle, RunDir(spec.run_dir), "ready")
         st = handle.cancel()
@@ -142,11 +167,10 @@ class BackendContract:
         spec, _, handle = self.start(
             tmp_path, backend, env,
             "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
-            "print('stubborn', flush=True)\nwhile True: time.sleep(0.1)",
+            "print('stubborn', flush=True)\nwhile True: time.sleep(0.1)", marked=True,
         )
         self.wait_running(handle, RunDir(spec.run_dir), "stubborn")
-        if hasattr(handle, "grace"):
-            handle.grace = 1.0
+        handle.grace = 1.0
         assert handle.cancel().state == RunState.CANCELLED
         self.assert_nothing_left(handle)
 
@@ -186,15 +210,59 @@ class BackendContract:
         text = "".join(t for _, t in handle.logs(0))
         assert "args ['--lr', '0.5'] seed 0" in text
 
+    def test_data_inputs_reach_the_run(self, tmp_path: Path, backend: Backend, env: EnvSpec) -> None:
+        from runner.data import collect
+
+        folder = tmp_path / "client-data" / "reviews"
+        (folder / "sub").mkdir(parents=True)
+        (folder / "a.txt").write_text("alpha\n")
+        (folder / "sub" / "b.txt").write_text("beta\n")
+        inputs = collect({"path": str(folder)}, {"path": "dir"}, cwd=tmp_path,
+                         cache_path=tmp_path / "hashes.db")
+        spec = make_run(tmp_path, backend, """
+            import runner
+            p = runner.data_path()
+            print("files", sorted(str(f.relative_to(p)) for f in p.rglob("*") if f.is_file()))
+            print("b", (p / "sub" / "b.txt").read_text().strip())
+        """, env=env, data={"name": "x", "path": str(folder)}, data_inputs=inputs)
+        prepared = backend.prepare(spec)
+        backend.check_data(spec)
+        handle = backend.submit(spec, prepared)
+        st = handle.wait(self.timeout)
+        text = "".join(t for _, t in handle.logs(0))
+        assert st.state == RunState.SUCCEEDED, text
+        assert "files ['a.txt', 'sub/b.txt']" in text and "b beta" in text
+
     def test_reattach_sees_the_same_run(self, tmp_path: Path, backend: Backend, env: EnvSpec) -> None:
         spec, _, handle = self.start(
-            tmp_path, backend, env, "import time\nprint('up', flush=True)\ntime.sleep(60)")
+            tmp_path, backend, env, "import time\nprint('up', flush=True)\ntime.sleep(60)",
+            marked=True)
         self.wait_running(handle, RunDir(spec.run_dir), "up")
         again = backend.reattach(spec.run_id, spec.run_dir, _json_roundtrip(handle.locator))
         assert again.status().state == RunState.RUNNING
         assert again.cancel().state == RunState.CANCELLED
         assert handle.status().state == RunState.CANCELLED
         self.assert_nothing_left(handle)
+
+
+def _processes_with(marker: str) -> list[int]:
+    """PIDs of this machine's live processes whose command line holds ``marker``."""
+    import os
+
+    found = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmd = f.read()
+            with open(f"/proc/{pid}/stat") as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if marker.encode() in cmd and state not in ("Z", "X"):
+            found.append(int(pid))
+    return found
 
 
 def _json_roundtrip(value: Any) -> Any:

@@ -23,6 +23,7 @@ class TestLocalContract(BackendContract):
 
     def assert_nothing_left(self, handle: RunHandle) -> None:
         assert isinstance(handle, LocalHandle)
+        super().assert_nothing_left(handle)  # no process of the run's script either
         assert group_members(handle.pgid) == []
 
 
@@ -69,8 +70,6 @@ def test_declared_env_is_a_cached_virtualenv_keyed_by_content(tmp_path: Path) ->
     # a referenced file's content is part of the key, and the miss says what changed
     reqs.write_text("six\n")
     third_spec = make_run(tmp_path, backend, "print(1)", env=env)
-    from runner.environment import env_inputs, env_key
-
-    assert env_key(env_inputs(env, python="x", runner_hash="y")) != first.env_key
     third = backend.prepare(third_spec)
+    assert third.env_key != first.env_key
     assert not third.cached and "requirements changed (+six)" in third.reason
