@@ -104,7 +104,11 @@ class Runs:
         cls = self.registry.backend(record.backend, where=f"run {record.id} was made with ")
         values = meta.get("target_config") or {}
         names = {f.name for f in dataclasses.fields(cls.Config)}
-        return cls(cls.Config(**{k: v for k, v in values.items() if k in names}))
+        # the recorded target config goes through the backend's schema again, as at submit
+        target = conf._validate(cls.Config, {k: v for k, v in values.items() if k in names},
+                                what=f"backend '{record.backend}'",
+                                path=f"run {record.id} (meta.json)", prefix="target")
+        return cls(target)
 
     # -- starting ---------------------------------------------------------------
     def record(self, plan: Plan, *, sweep_id: str | None = None, job_key: str | None = None,
