@@ -7,7 +7,19 @@
   Ray caches it by content, and this client remembers which keys the cluster has built.
 - **submit** uploads the run directory (request + code snapshot) as the job's ``working_dir``
   and starts ``python -m runner.plugins.ray`` there, reserving ``num_cpus``/``num_gpus`` so Ray
-  places the run on a node with room (and queues it while there is none).
+  places the run on a node with room (and queues it while there is none). Secrets the config
+  references travel as the runtime env's ``env_vars`` (Ray keeps them with the job in the
+  cluster, where whoever may submit jobs can read them).
+- **data travels by content, never by the client's path.** Each data input from the client is
+  laid out once per content digest in this client's cache (``<KEY>/...``: a folder's files, or
+  the file under its own name; hard links where the filesystem allows, copies otherwise) with
+  a small marker naming key and digest, and added to the job's ``py_modules``. Ray names such a
+  package by the hash of its content and uploads it only when the cluster lacks it, so a
+  second run on the same data uploads nothing, wherever the client's folder now lies. On the
+  node the entry point finds the unpacked package by its marker and points the worker at it
+  (``RUNNER_STAGED_DATA``). A package is one gRPC message (512 MiB unless the cluster sets
+  ``RAY_max_grpc_message_size``): larger data must lie on the cluster (``data.path=target:/``).
+  Data marked ``target:/path`` is not shipped; the worker checks it on the node.
 - **results come back through the job's log.** No shared filesystem is assumed and the Jobs API
   has no file download, so when the worker ends, the entry point packs ``status.json``,
   ``metrics.jsonl``, ``worker.json`` and ``outputs/`` into a compressed tar and prints it,
@@ -22,6 +34,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import io
 import json
@@ -51,12 +64,19 @@ from runner.backend import (
 from runner.bundle import cache_root, worker_bundle
 from runner.environment import env_inputs, env_key, expand_requirements, explain_miss
 from runner.errors import UserError
+from runner.request import DATA_DIR_ENV, DataInput, DataKind, RunRequest
 from runner.rundir import RunDir, write_json_atomic
 
 BEGIN = "@@runner-results"
 END = "@@runner-results-end"
 _SENT = ("status.json", "metrics.jsonl", "worker.json", "outputs")
 _RAY_STATES = {"PENDING": RunState.QUEUED, "RUNNING": RunState.RUNNING}
+#: the marker at the top of a data package: which input (key, digest) it holds
+DATA_MARK = ".runner-data.json"
+#: names Ray's packager reads as exclude lists in any folder it packs; staged under another
+#: name (+ this suffix) and renamed back on the node, so a dataset's own copy excludes nothing
+_IGNORE_FILES = (".gitignore", ".rayignore")
+_ESCAPED = ".runner-escaped"
 
 
 @dataclass
@@ -84,9 +104,11 @@ def _client(address: str) -> Any:
             "install it: pip install 'runner[ray]'  (or: pip install 'ray[default]')",
         ) from None
     # the Jobs SDK's module logger sets its own level, so the parents' level does not reach it
-    for name in ("ray", "ray.dashboard", "ray.dashboard.modules.dashboard_sdk",
-                 "ray._private.runtime_env.packaging"):
+    for name in ("ray", "ray.dashboard", "ray.dashboard.modules.dashboard_sdk"):
         logging.getLogger(name).setLevel(logging.WARNING)  # no "Uploading package" chatter
+    # its "file is very large, add it to excludes" advice does not fit data; the size that
+    # matters is checked by _check_package_size
+    logging.getLogger("ray._private.runtime_env.packaging").setLevel(logging.ERROR)
     try:
         return JobSubmissionClient(address)
     except Exception as e:
@@ -118,6 +140,101 @@ def _runtime_env(env: EnvSpec, bundle: Path, run_id: str | None, max_output_mb: 
     if image:
         renv["image_uri"] = str(image)
     return renv
+
+
+def _package_limit() -> int:
+    """The largest runtime env package the cluster takes, in bytes (one gRPC message)."""
+    try:
+        from ray._private.runtime_env.packaging import GCS_STORAGE_MAX_SIZE
+    except ImportError:  # moved in another Ray version: its long-standing default
+        return 512 * 2**20
+    return int(GCS_STORAGE_MAX_SIZE)
+
+
+def _check_package_size(d: DataInput) -> None:
+    """Refuse data Ray could not carry: its package is an uncompressed zip of the files."""
+    size = d.bytes + sum(2 * len(rel) + 128 for rel in d.manifest)  # + zip headers
+    limit = _package_limit()
+    if size >= limit:
+        raise UserError(
+            f"data.{d.key}={d.given!r}: {d.bytes / 2**20:.1f} MiB in {d.files} file(s) is over "
+            f"what Ray carries in a runtime env package ({limit / 2**20:.0f} MiB, the cluster's "
+            f"gRPC message limit, RAY_max_grpc_message_size).",
+            f"put the data on storage the cluster's nodes share and point at it: "
+            f"data.{d.key}=target:/path/on/the/nodes")
+
+
+def _staged_name(rel: str) -> str:
+    head, _, name = rel.rpartition("/")
+    if name not in _IGNORE_FILES:
+        return rel
+    return f"{head}/{name}{_ESCAPED}" if head else f"{name}{_ESCAPED}"
+
+
+def _stage_data(d: DataInput) -> Path:
+    """The folder, in this client's cache, that Ray packs for input ``d``: the marker and
+    ``<KEY>/...``. Made once per (key, digest); remade when a hard-linked file changed since."""
+    if d.digest is None or not d.manifest:
+        raise ValueError(f"data.{d.key}: a shipped input needs its digest and manifest")
+    _check_package_size(d)
+    ident = hashlib.sha256(f"{d.key}\0{d.digest}".encode()).hexdigest()[:24]
+    home = cache_root() / "ray" / "data" / ident
+    pkg = home / f"runner-data-{ident}"  # not an importable name: it sits on PYTHONPATH
+    state = home / "state.json"
+    if state.is_file():
+        try:
+            seen = json.loads(state.read_text())
+            if all([st.st_size, st.st_mtime_ns] == seen.get(rel)
+                   for rel, st in ((r, os.stat(pkg / r)) for r in seen)):
+                return pkg
+        except (OSError, ValueError):
+            pass  # changed, half made or removed: make it again
+    stale = home.exists()
+    source = Path(d.source)
+    files = {rel: (source / rel if d.kind is DataKind.DIR else source) for rel in d.manifest}
+    clash = [r for r in files if _staged_name(r) != r and _staged_name(r) in files]
+    if clash:
+        raise UserError(f"data.{d.key}={d.given!r}: holds both {clash[0]} and "
+                        f"{_staged_name(clash[0])}; rename the second one.")
+    tmp = home.parent / f".{ident}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    tmp_pkg = tmp / pkg.name
+    seen = {}
+    escaped = []
+    try:
+        for rel, src in files.items():
+            name = f"{d.key}/{_staged_name(rel)}"
+            if name != f"{d.key}/{rel}":
+                escaped.append(name)
+            dst = tmp_pkg / name
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(src, dst)
+            except OSError:  # another filesystem, or links not allowed: copy
+                shutil.copy2(src, dst)
+            st = os.stat(dst)
+            if st.st_size != d.manifest[rel][1]:
+                raise UserError(f"data.{d.key}={d.given!r}: {rel} changed while the run was "
+                                "being submitted.", "submit again once it is written.")
+            seen[name] = [st.st_size, st.st_mtime_ns]
+        write_json_atomic(tmp_pkg / DATA_MARK, {"key": d.key, "digest": d.digest,
+                                                "kind": d.kind.value, "escaped": escaped})
+        write_json_atomic(tmp / "state.json", seen)
+        if stale:  # out of date (a linked file changed): moved aside in one step, then removed
+            with contextlib.suppress(OSError):
+                home.rename(tmp.with_name(tmp.name + "-old"))
+            shutil.rmtree(tmp.with_name(tmp.name + "-old"), ignore_errors=True)
+        try:
+            tmp.rename(home)
+        except OSError:  # another submit made it at the same moment: the same content
+            if not state.is_file():
+                raise
+    except OSError as e:
+        raise UserError(f"data.{d.key}={d.given!r}: cannot stage it for Ray in "
+                        f"{home}: {e.strerror or e}.",
+                        "free space in the cache (RUNNER_CACHE_DIR) or point it elsewhere.") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return pkg
 
 
 class RayHandle(RunHandle):
@@ -346,14 +463,30 @@ class RayBackend(Backend):
                 f"runtime env (job {sid}: {st}): {_last_line(message) or 'no reason given'}",
                 f"Ray's full report is in {log}.")
 
+    def check_data(self, spec: RunSpec) -> None:
+        """Check what can be checked here, before the env is prepared: that each input from
+        the client fits in a Ray package. Data marked ``target:/path`` lies on the cluster's
+        nodes, not on this client, so it is not looked for here: the worker checks it on the
+        node that runs the job and fails the run with a message naming the key and the path."""
+        for d in spec.data_inputs:
+            if not d.on_target:
+                _check_package_size(d)
+
     def submit(self, spec: RunSpec, prepared: Prepared) -> RunHandle:
-        client = _client(self.config.address)
+        request = spec.request
+        if request is None:
+            raise ValueError(f"run {spec.run_id}: submit needs the spec's request")
         bundle = Path(str(prepared.details.get("bundle") or worker_bundle()[0]))
         renv = _runtime_env(spec.env, bundle, spec.run_id, self.config.max_output_mb)
         renv["working_dir"] = str(spec.run_dir)
+        # by content, never by the client's path (see the module docstring)
+        renv["py_modules"] += [str(_stage_data(d)) for d in request.data_inputs if not d.on_target]
+        secrets = {n: os.environ[n] for n in request.secret_env if n in os.environ}
+        renv["env_vars"].update(secrets)
+        client = _client(self.config.address)
         gpus = self.config.num_gpus
-        if not gpus and spec.gpus not in (None, ""):
-            gpus = 1 if spec.gpus == "all" else len(str(spec.gpus).split(","))
+        if not gpus and request.gpus not in (None, ""):
+            gpus = 1 if request.gpus == "all" else len(str(request.gpus).split(","))
         sid = f"runner-{spec.run_id}-{uuid.uuid4().hex[:6]}"
         try:
             client.submit_job(
@@ -415,12 +548,62 @@ def _pack(rd: Path, limit: float) -> tuple[bytes, str]:
     return buf.getvalue(), note
 
 
+def _unpacked_data() -> dict[tuple[str, str], Path]:
+    """The data packages of this job where Ray unpacked them: ``(key, digest) -> folder``.
+
+    Ray puts each ``py_modules`` entry on ``PYTHONPATH`` as the folder it unpacked the package
+    into, which holds the staged folder; its marker says which input it is."""
+    found: dict[tuple[str, str], Path] = {}
+    for entry in os.environ.get("PYTHONPATH", "").split(os.pathsep):
+        if not entry or not os.path.isdir(entry):
+            continue
+        for mark in Path(entry).glob(f"*/{DATA_MARK}"):
+            try:
+                info = json.loads(mark.read_text())
+            except (OSError, ValueError):
+                continue
+            top = mark.parent
+            for name in info.get("escaped") or []:  # the dataset's own .gitignore / .rayignore
+                try:
+                    os.replace(top / name, top / name[:-len(_ESCAPED)])
+                except FileNotFoundError:  # renamed by an earlier job on this node
+                    pass
+            found.setdefault((str(info["key"]), str(info["digest"])), top)
+    return found
+
+
+def _point_at_data(rd: Path) -> None:
+    """Set ``RUNNER_STAGED_DATA`` for the worker: the one folder holding ``KEY/`` of every
+    input shipped with the run (a package's own folder, or links to several)."""
+    request = RunRequest.from_dict(RunDir(rd).request())
+    shipped = [d for d in request.data_inputs if not d.on_target]
+    if not shipped:
+        return
+    found = _unpacked_data()
+    tops = {d.key: found.get((d.key, str(d.digest))) for d in shipped}
+    for key, top in tops.items():
+        if top is None:
+            print(f"[runner] data.{key}: its package is not among the job's py_modules on "
+                  f"{os.uname().nodename}", flush=True)
+    places = {t for t in tops.values() if t is not None}
+    if len(places) == 1 and None not in tops.values():
+        os.environ[DATA_DIR_ENV] = str(places.pop())
+        return
+    farm = rd / ".runner-data"  # the job's own copy of the run directory
+    farm.mkdir(exist_ok=True)
+    for key, top in tops.items():
+        if top is not None and not (farm / key).exists():
+            (farm / key).symlink_to(top / key, target_is_directory=True)
+    os.environ[DATA_DIR_ENV] = str(farm)
+
+
 def _entry() -> int:
     """``python -m runner.plugins.ray``: run the worker in the job's working dir (the run
     directory), then print its results into the job's log for the client to collect."""
     from runner import worker
 
     rd = Path.cwd()
+    _point_at_data(rd)
     want = os.environ.get("RUNNER_WANT_PYTHON")
     import platform
 

@@ -173,3 +173,135 @@ def test_a_requirement_pip_cannot_install_is_a_clear_error(project: Path, cli) -
     assert "fix env.requirements" in res.stderr and "Traceback" not in res.stderr
     (run,) = Store(project / ".runner").list()
     assert run.state == RunState.FAILED and "tomli==999.0" in run.message
+
+
+# -- data: shipped by content through Ray's runtime env, never read at the client's path ----------
+READER = """import json, pathlib, runner
+p = runner.data_path()
+print('DATA', json.dumps({'path': str(p), 'a': (p / 'a.txt').read_text().strip(),
+      'b': (p / 'sub' / 'b.txt').read_text().strip(), 'ignore': (p / '.gitignore').exists()}))
+"""
+
+
+def _cluster_target(project: Path) -> None:
+    (project / "conf" / "target").mkdir(parents=True, exist_ok=True)
+    (project / "conf" / "target" / "cluster.yaml").write_text(
+        f"backend: ray\naddress: {ADDRESS}\nnum_cpus: 0.5\n")
+
+
+def _dataset(folder: Path) -> Path:
+    (folder / "sub").mkdir(parents=True)
+    (folder / "a.txt").write_text("alpha\n")
+    (folder / "sub" / "b.txt").write_text("beta\n")
+    (folder / ".gitignore").write_text("a.txt\n")  # the dataset's own: Ray must not apply it
+    return folder
+
+
+def _seen(stdout: str) -> dict[str, object]:
+    import json
+
+    (line,) = [ln for ln in stdout.splitlines() if ln.startswith("DATA ")]
+    return dict(json.loads(line[5:]))
+
+
+def test_data_reaches_the_run_by_content_after_the_client_folder_moved(project: Path, cli,  # type: ignore[no-untyped-def]
+                                                                      tmp_path: Path) -> None:
+    import shutil
+
+    _cluster_target(project)
+    (project / "job.py").write_text(READER)
+    _dataset(project / "ds")
+    args = ("submit", "target=cluster", "model=script", "model.path=job.py")
+    first = cli(*args, "data.path=ds", timeout=180)
+    assert first.returncode == 0, first.stdout + first.stderr
+    one = _seen(first.stdout)
+    assert one["a"] == "alpha" and one["b"] == "beta" and one["ignore"] is True
+    assert not str(one["path"]).startswith(str(project))  # not the client's folder
+    # the folder moves away; the same content, submitted from another folder, is the same package
+    shutil.move(project / "ds", tmp_path / "gone")
+    _dataset(project / "elsewhere" / "copy")
+    second = cli(*args, "data.path=elsewhere/copy", timeout=180)
+    assert second.returncode == 0, second.stdout + second.stderr
+    two = _seen(second.stdout)
+    assert two == one  # where Ray unpacked that content on the node, not either client path
+    runs = Store(project / ".runner").list()
+    assert {r.state for r in runs} == {RunState.SUCCEEDED} and len(runs) == 2
+
+
+def test_data_over_the_ray_package_limit_is_refused_before_anything_is_sent(project: Path, cli  # type: ignore[no-untyped-def]
+                                                                           ) -> None:
+    _cluster_target(project)
+    (project / "job.py").write_text(READER)
+    (project / "big").mkdir()
+    (project / "big" / "x.bin").write_bytes(b"x" * 4096)
+    res = cli("submit", "target=cluster", "model=script", "model.path=job.py", "data.path=big",
+              env={"RAY_max_grpc_message_size": "2048"})
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert "over what Ray carries in a runtime env package" in res.stderr, res.stderr
+    assert "data.path=target:/path/on/the/nodes" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_target_data_is_not_looked_for_on_the_client(project: Path, cli) -> None:  # type: ignore[no-untyped-def]
+    _cluster_target(project)
+    (project / "job.py").write_text("import runner\nprint('AT', runner.data_path())\n")
+    res = cli("submit", "target=cluster", "model=script", "model.path=job.py",
+              "data.path=target:/nowhere/on/the/nodes", timeout=180)
+    assert res.returncode != 0
+    assert "/nowhere/on/the/nodes does not exist on" in res.stdout + res.stderr  # said by the node
+    (run,) = Store(project / ".runner").list()
+    assert run.state == RunState.FAILED
+
+
+@pytest.mark.tf
+def test_sentiment_cnn_trains_on_ray_with_data_from_the_client(project: Path, cli) -> None:  # type: ignore[no-untyped-def]
+    pytest.importorskip("keras")
+    from tests.test_sentiment_data import write_pos_neg
+    from tests.test_sentiment_train import SMALL
+
+    _cluster_target(project)
+    write_pos_neg(project / "reviews", n=200)
+    res = cli("submit", "target=cluster", "model=sentiment_cnn", "data=text_files",
+              "data.path=reviews", "data.format=pos_neg", *SMALL, timeout=400)
+    assert res.returncode == 0, res.stdout + res.stderr
+    (run,) = Store(project / ".runner").list()
+    assert run.state == RunState.SUCCEEDED and run.summary["test_accuracy"] >= 0.7, run.summary
+    rd = RunDir(project / ".runner" / "runs" / run.id)
+    assert (rd.outputs / "model.keras").stat().st_size > 0  # came back through the log
+
+
+def test_staged_data_is_made_once_and_found_on_the_node_by_its_marker(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without Ray: two inputs staged (hard links, cache reused), unpacked as Ray would (one
+    folder per package on PYTHONPATH), and the worker's data folder links both."""
+    import shutil
+
+    from runner.data import collect
+    from runner.plugins.ray import _point_at_data, _stage_data
+    from runner.request import DATA_DIR_ENV, RunRequest
+    from runner.rundir import REQUEST, write_json_atomic
+
+    monkeypatch.setenv("RUNNER_CACHE_DIR", str(tmp_path / "cache"))  # the same content staged
+    _dataset(tmp_path / "ds")                                      # by another test is a hit
+    (tmp_path / "words.json").write_text("{}")
+    inputs = collect({"path": "ds", "word_index": "words.json"}, {"path": "dir", "word_index": "file"},
+                     cwd=tmp_path, cache_path=tmp_path / "hashes.db")
+    staged = [_stage_data(d) for d in inputs]
+    assert [_stage_data(d) for d in inputs] == staged  # a cache hit
+    assert (staged[0] / "path" / "a.txt").stat().st_ino == (tmp_path / "ds" / "a.txt").stat().st_ino
+    assert (staged[0] / "path" / ".gitignore.runner-escaped").is_file()  # Ray would apply it
+    assert (staged[1] / "word_index" / "words.json").is_file()
+    entries = []
+    for i, pkg in enumerate(staged):  # where Ray unpacks py_modules: _ray_pkg_<hash>/<folder>
+        shutil.copytree(pkg, tmp_path / "node" / f"_ray_pkg_{i}" / pkg.name)
+        entries.append(str(tmp_path / "node" / f"_ray_pkg_{i}"))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(entries))
+    monkeypatch.delenv(DATA_DIR_ENV, raising=False)
+    rd = tmp_path / "run"
+    rd.mkdir()
+    request = RunRequest(run_id="r1", model="script", model_config={}, data_inputs=inputs)
+    write_json_atomic(rd / REQUEST, request.to_dict())
+    _point_at_data(rd)
+    where = os.environ[DATA_DIR_ENV]
+    assert Path(inputs[0].target_path(where), ".gitignore").read_text() == "a.txt\n"
+    assert Path(inputs[1].target_path(where)).read_text() == "{}"
+    assert str(tmp_path / "ds") not in os.path.realpath(inputs[0].target_path(where))
