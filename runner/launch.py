@@ -125,7 +125,9 @@ class Runs:
             shutil.copytree(code_from, rd.code, symlinks=True)
             manifest: dict[str, Any] | None = code_manifest
         else:
-            manifest = snapshot.take(self.project_root, rd.code)
+            # data the run declares travels as data (by content, read-only), not again as code
+            manifest = snapshot.take(self.project_root, rd.code, exclude=tuple(
+                Path(d.source) for d in plan.data_inputs if not d.on_target))
         target_conf = dataclasses.asdict(plan.backend.config)  # type: ignore[call-overload]
         gpus = gpus if gpus is not None else (plan.env.gpus or target_conf.get("gpus"))
         request = RunRequest(

@@ -63,8 +63,9 @@ def _ignored(rel: str, patterns: list[str]) -> bool:
     return False
 
 
-def project_files(root: Path) -> list[str]:
-    """Project-relative paths of the files a snapshot takes."""
+def project_files(root: Path, exclude: tuple[Path, ...] = ()) -> list[str]:
+    """Project-relative paths of the files a snapshot takes; files under ``exclude`` (data
+    inputs that live in the project and travel as data) are left out."""
     listed = _git(root, "ls-files", "-z", "--cached", "--others", "--exclude-standard")
     if listed is not None:
         files = [f for f in listed.split("\0") if f]
@@ -75,18 +76,27 @@ def project_files(root: Path) -> list[str]:
             rel_dir = Path(dirpath).relative_to(root)
             files += [(rel_dir / f).as_posix() for f in filenames]
     patterns = _ignore_patterns(root)
+    skip = []
+    for e in exclude:
+        try:
+            skip.append(Path(e).resolve().relative_to(root.resolve()).as_posix())
+        except ValueError:
+            continue  # outside the project: not in the snapshot anyway
     out = []
     for f in files:
         if set(f.split("/")[:-1]) & _ALWAYS_SKIP or _ignored(f, patterns):
+            continue
+        if any(f == x or f.startswith(x + "/") for x in skip):
             continue
         if (root / f).is_file():
             out.append(f)
     return sorted(out)
 
 
-def take(root: Path, dest: Path) -> dict[str, Any]:
-    """Copy the project into ``dest``; return its manifest ``{path: [sha256, size, mode]}``."""
-    files = project_files(root)
+def take(root: Path, dest: Path, exclude: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """Copy the project into ``dest``; return its manifest ``{path: [sha256, size, mode]}``.
+    Paths under ``exclude`` stay out (see :func:`project_files`)."""
+    files = project_files(root, exclude)
     total = sum((root / f).stat().st_size for f in files)
     if total > MAX_BYTES:
         biggest = sorted(files, key=lambda f: (root / f).stat().st_size, reverse=True)[:3]

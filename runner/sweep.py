@@ -230,13 +230,15 @@ class Sweep:
                             "`runner runs` shows each run's sweep; sweep ids start with 's'.")
         return dict(rec["info"])
 
-    def _begin(self, target: str) -> None:
-        """Create the sweep record and take the one code snapshot all its jobs run."""
+    def _begin(self, target: str, plan: Plan | None = None) -> None:
+        """Create the sweep record and take the one code snapshot all its jobs run (without
+        the first job's data inputs: they travel as data)."""
         if self.sweep_id is not None:
             return
         root = self.runs.project_root
         with tempfile.TemporaryDirectory(dir=self.store.home, prefix=".snapshot-") as tmp:
-            manifest = snapshot.take(root, Path(tmp) / "code")
+            data = tuple(Path(d.source) for d in (plan.data_inputs if plan else ()) if not d.on_target)
+            manifest = snapshot.take(root, Path(tmp) / "code", exclude=data)
             self.manifest_digest = _digest(manifest)
             self.sweep_id = self.store.create_sweep(target, {
                 "argv": self.argv, "manifest_digest": self.manifest_digest,
@@ -276,7 +278,7 @@ class Sweep:
         that need it resolve.
         """
         plan = self.runs.plan(cfg, overrides, choices)
-        self._begin(plan.target_name)
+        self._begin(plan.target_name, plan)
         assert self.sweep_id is not None and self.manifest_digest is not None
         self._check_not_cancelled()
         values = plan.values

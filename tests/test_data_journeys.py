@@ -213,3 +213,13 @@ def test_the_lab_journey_on_the_local_target(project: Path, tmp_path: Path) -> N
     pred = run_cli("predict", seen["relative"], "a wonderful moving film", cwd=project, timeout=120)
     assert pred.returncode == 0, pred.stderr
     assert "a wonderful moving film" in pred.stdout
+
+
+def test_data_inside_the_project_travels_as_data_not_again_as_code(proj: Path) -> None:
+    (proj / ".runnerignore").unlink()
+    (proj / "data" / "notes.md").write_text("part of the code\n")
+    r = submit(proj, "data.path=data/reviews")
+    assert r.returncode == 0, r.stderr
+    code = last_run(proj).run_dir / "code"
+    assert (code / "read_data.py").is_file() and (code / "data" / "notes.md").is_file()
+    assert not (code / "data" / "reviews").exists()
