@@ -5,18 +5,24 @@ What crosses the wire, and when::
 
     prepare   one command: docker answers, the work dir is writable and has room, the base
               image's ID and the env images present (a cache hit costs nothing more)
-    submit    one command asks which code objects (by sha256) the host lacks; one SFTP upload
-              of a tar holding only those plus the small request files; one command unpacks,
-              assembles the run directory and starts the container (within the host's slots)
+    submit    one command asks which code objects (by sha256) the host lacks and which data
+              trees it has; data whose tree is missing goes by content (see :mod:`._store`:
+              only the files the host lacks, verified there, then a tree of hard links); one
+              SFTP upload of a tar holding the missing code objects plus the small request
+              files; one command unpacks, assembles the run directory and starts the container
+              (within the host's slots), the data trees mounted read-only
     watch     status: one command (status.json + docker's view); logs: an SFTP read from a
               byte offset (a dropped connection is reopened; nothing is lost or repeated)
     end       the run directory (without code/) comes back as a tar, extracted safely and
               within a size cap; the container is removed and verified gone
 
-Remote layout under ``work_dir``: ``objects/SHA256`` (the content store), ``runs/RUN_ID/``
-(the run directory mounted into the container), ``incoming/`` and ``outgoing/`` (transfers).
+Remote layout under ``work_dir``: ``objects/SHA256`` (the content store, code and data),
+``data/DIGEST/`` (one tree of hard links into objects/ per data input version),
+``runs/RUN_ID/`` (the run directory mounted into the container), ``incoming/`` and
+``outgoing/`` (transfers).
 The plugin also registers ``runner attach`` (see :func:`attach_command`) and ``runner remote-gc``
-(see :func:`gc_command`): stray containers, old run directories and unused env images on a host.
+(see :func:`gc_command`): stray containers, old run directories, data trees no run used for a
+while (and the objects nothing links to then), and unused env images on a host.
 """
 
 from __future__ import annotations
@@ -54,11 +60,15 @@ from runner.bundle import worker_bundle
 from runner.environment import env_inputs, env_key
 from runner.errors import UserError
 from runner.plugins import _docker as dk
+from runner.plugins import _store as store
 from runner.plugins._ssh import ConnectionLost, KeyRefused, Session, SSHExecutor, SSHSettings
+from runner.request import DATA_DIR_ENV, DataInput, RunRequest
 from runner.rundir import CODE, LOG, OUTPUTS, RunDir, write_json_atomic
 
 #: Label on run containers that count against a host's slots.
 L_SLOTS = f"{dk.LABEL}.slots"
+#: Label on run containers: the data trees (digests, comma-separated) they mount.
+L_DATA = f"{dk.LABEL}.data"
 #: Exit code of the start script when every slot is busy.
 _BUSY = 75
 #: Written into the local run directory at submit: where the run lives on the host.
@@ -93,6 +103,7 @@ class RemoteDockerConfig(BackendConfig):
     build_network: str = "host"  # network for image builds on the host (pip and apt need DNS)
     gpu_preflight: bool = True  # prepare checks driver, runtime and framework before a GPU run
     cancel_grace: float = 10.0  # seconds between SIGTERM and SIGKILL when cancelling
+    cache_volume: str | None = "runner-cache"  # named volume at /runner/cache for downloads; null = none
     min_free_mb: int = 1024  # refuse to start a run when the work dir has less free space
     max_fetch_mb: int = 2048  # outputs larger than this stay on the host (with a message)
     slot_wait: float = 3600.0  # seconds a submit waits for a free slot before giving up
@@ -382,6 +393,20 @@ class RemoteHandle(RunHandle):
 
 
 # -- the backend --------------------------------------------------------------------------------
+def data_mounts(inputs: tuple[DataInput, ...], work_dir: str) -> list[tuple[str, str]]:
+    """Read-only mounts for a run's data: each shipped input's tree at ``DATA_MOUNT/KEY``
+    (a file input's tree is the folder holding it, so the worker finds the file at
+    ``DATA_MOUNT/KEY/NAME``, the path :meth:`DataInput.target_path` names); data on the host
+    already at its own path."""
+    out = []
+    for d in inputs:
+        if d.on_target:
+            out.append((d.source, d.source))
+        else:
+            out.append((store.tree_path(work_dir, d), f"{dk.DATA_MOUNT}/{d.key}"))
+    return out
+
+
 @dataclass(frozen=True)
 class HostFacts:
     """What one command learns about the host at prepare."""
@@ -567,11 +592,11 @@ class RemoteDockerBackend(Backend):
             )
 
     # -- runs ------------------------------------------------------------------------------------
-    def _manifest(self, rd: RunDir) -> dict[str, list[Any]]:
+    def _manifest(self, request: RunRequest, rd: RunDir) -> dict[str, list[Any]]:
         """{path: [sha256, size, mode]} of the run's code (the snapshot's, else hashed now)."""
-        manifest = rd.meta().get("code_manifest")
-        if isinstance(manifest, dict) and manifest:
-            return manifest
+        manifest = request.code_manifest
+        if manifest:
+            return {k: list(v) for k, v in manifest.items()}
         out: dict[str, list[Any]] = {}
         if rd.code.is_dir():
             for p in sorted(rd.code.rglob("*")):
@@ -581,20 +606,43 @@ class RemoteDockerBackend(Backend):
                         hashlib.sha256(data).hexdigest(), len(data), p.stat().st_mode & 0o777]
         return out
 
-    def _ship(self, spec: RunSpec, rd: RunDir, remote_rd: str, secrets_env: Mapping[str, str]
-              ) -> dict[str, Any]:
-        """Send the run directory, code by content: only objects the host lacks travel."""
+    def _ask(self, hashes: list[str], digests: list[str]) -> tuple[set[str], set[str]]:
+        """One command: the code objects the host lacks, the data trees it has (each tree
+        found is touched: its age is the time since a run last used it, for remote-gc)."""
         w = self.work_dir
-        manifest = self._manifest(rd)
+        if not hashes and not digests:
+            return set(), set()
+        trees = "".join(f"[ -d data/{d} ] && touch data/{d} && echo tree:{d}; " for d in digests)
+        r = self.session.run(f"cd {_q(w)} && {trees}cd objects && for h in {' '.join(hashes)}; "
+                             "do [ -f \"$h\" ] || echo \"$h\"; done", timeout=120)
+        if not r.ok:
+            raise UserError(f"could not list the content store {w}/objects on "
+                            f"{self.session.label}: {r.last_error()}")
+        words = r.stdout.split()
+        return ({h for h in words if not h.startswith("tree:")},
+                {h[5:] for h in words if h.startswith("tree:")})
+
+    def _ship(self, spec: RunSpec, request: RunRequest, rd: RunDir, remote_rd: str,
+              secrets_env: Mapping[str, str]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Send the data inputs and the run directory, by content: only objects the host lacks
+        travel. Returns what the code and what the data cost."""
+        w = self.work_dir
+        manifest = self._manifest(request, rd)
         hashes = sorted({v[0] for v in manifest.values()})
-        missing: set[str] = set()
-        if hashes:
-            r = self.session.run(f"cd {_q(w)}/objects && for h in {' '.join(hashes)}; do "
-                                 "[ -f \"$h\" ] || echo \"$h\"; done", timeout=120)
-            if not r.ok:
-                raise UserError(f"could not list the content store {w}/objects on "
-                                f"{self.session.label}: {r.last_error()}")
-            missing = set(r.stdout.split())
+        staged = [d for d in request.data_inputs if not d.on_target and d.digest]
+        missing, trees = self._ask(hashes, sorted({str(d.digest) for d in staged}))
+        data_cost: dict[str, Any] = {}
+        if staged:
+            facts = self.facts()
+            free = None if facts.free_kb is None else max(
+                0, facts.free_kb - self.config.min_free_mb * 1024)
+            shipped, totals = store.stage(self.session, w, staged, trees, free_kb=free)
+            data_cost = {"inputs": [dataclasses.asdict(s) for s in shipped], **totals}
+            for s in shipped:
+                print(s.line(self.session.label), file=sys.stderr, flush=True)
+            # code files that are data too are in objects/ now: sending them again would
+            # replace the objects the data trees link to with new copies
+            missing -= {sha for d in staged for sha, _ in d.manifest.values()}
         by_hash = {v[0]: p for p, v in manifest.items()}
         rid = spec.run_id
         buf = io.BytesIO()
@@ -657,7 +705,7 @@ class RemoteDockerBackend(Backend):
             raise self._workdir_error((telling or lines)[-1], w, self.session.label)
         total = sum(int(v[1]) for v in manifest.values())
         return {"files": len(manifest), "bytes": total, "sent_files": len(missing),
-                "sent_bytes": sent, "archive_bytes": len(archive)}
+                "sent_bytes": sent, "archive_bytes": len(archive)}, data_cost
 
     def submit(self, spec: RunSpec, prepared: Prepared) -> RunHandle:
         c = self.config
@@ -669,29 +717,40 @@ class RemoteDockerBackend(Backend):
                 "free space there (old runs live in runs/), point target.work_dir elsewhere, or "
                 "lower target.min_free_mb.")
         rd = RunDir(spec.run_dir)
-        request = rd.request()
+        request = spec.request
+        if request is None:
+            raise ValueError(f"run {spec.run_id}: submit needs the spec's request")
         remote_rd = f"{facts.work_dir}/runs/{spec.run_id}"
-        secrets_env = {n: os.environ[n] for n in request.get("secret_env") or [] if n in os.environ}
+        secrets_env = {n: os.environ[n] for n in request.secret_env if n in os.environ}
         t0 = time.monotonic()
-        shipped = self._ship(spec, rd, remote_rd, secrets_env)
+        shipped, data_shipped = self._ship(spec, request, rd, remote_rd, secrets_env)
         gpus = self._gpus(spec)
+        staged = [d for d in request.data_inputs if not d.on_target]
         labels = {
             dk.L_MANAGED: "1", dk.L_KIND: "run", dk.L_RUN_ID: spec.run_id,
             dk.L_TARGET: spec.target_name, dk.L_PROJECT: str(spec.project_root),
             dk.L_RUN_DIR: remote_rd, dk.L_ENV_KEY: prepared.env_key, L_SLOTS: "1",
             **{f"{dk.LABEL}.label.{k}": str(v) for k, v in spec.labels.items()},
         }
+        if staged:
+            labels[L_DATA] = ",".join(sorted({str(d.digest) for d in staged}))
         env = {"TINI_KILL_PROCESS_GROUP": "1"}
         if facts.uid != "0":
             env["HOME"] = "/tmp"  # the host user's uid has no home in the image
         visible = dk.visible_devices(gpus)
         if visible is not None:
             env["CUDA_VISIBLE_DEVICES"] = visible
+        if staged:
+            env[DATA_DIR_ENV] = dk.DATA_MOUNT
+        if c.cache_volume:
+            env.update(dk.cache_env())
         container = dk.ContainerSpec(
             name=f"runner-{spec.run_id}",
             image=str(prepared.details.get("image") or dk.image_tag(prepared.env_key)),
             command=dk.worker_command(), labels=labels,
             mounts=[(remote_rd, dk.RUN_MOUNT)],
+            readonly=data_mounts(request.data_inputs, facts.work_dir),
+            volumes=[(c.cache_volume, dk.CACHE_MOUNT)] if c.cache_volume else [],
             workdir=f"{dk.RUN_MOUNT}/code",
             env=env, user=f"{facts.uid}:{facts.gid}",
             network=c.network, cpus=c.cpus, memory=c.memory, shm_size=c.shm_size, gpus=gpus,
@@ -734,11 +793,42 @@ class RemoteDockerBackend(Backend):
         info = {"host": self.session.label, "remote_run_dir": remote_rd,
                 "container": container.name, "container_id": r.stdout.strip(),
                 "shipped": shipped, "submit_seconds": round(time.monotonic() - t0, 3)}
+        if data_shipped:
+            info["data"] = data_shipped
         write_json_atomic(rd.path / REMOTE_JSON, info)
         print(f"[runner] shipped {shipped['sent_files']} of {shipped['files']} code files "
               f"({_mib(shipped['sent_bytes'])} of {_mib(shipped['bytes'])}) to "
               f"{self.session.label}", file=sys.stderr, flush=True)
         return RemoteHandle(self, spec.run_id, rd.path, container.name, remote_rd)
+
+    def check_data(self, spec: RunSpec) -> None:
+        """Data given as ``target:/path`` must exist on the host and be readable there (one
+        command; none when the run has no such input)."""
+        on_host = [d for d in spec.data_inputs if d.on_target]
+        if not on_host:
+            return
+        paths = sorted({d.source for d in on_host})
+        r = self.session.run(
+            f"for p in {' '.join(_q(p) for p in paths)}; do if [ ! -e \"$p\" ]; then "
+            "echo \"missing $p\"; elif [ ! -r \"$p\" ] || { [ -d \"$p\" ] && [ ! -x \"$p\" ]; }; "
+            "then echo \"unreadable $p\"; fi; done", timeout=60)
+        if not r.ok:
+            raise UserError(f"could not check the data paths on {self.session.label}: "
+                            f"{r.last_error()}")
+        problems = dict(reversed(ln.split(" ", 1)) for ln in r.stdout.splitlines() if " " in ln)
+        for d in on_host:
+            what = problems.get(d.source)
+            if what is None:
+                continue
+            state = ("does not exist" if what == "missing" else
+                     "cannot be read by the SSH user (permission denied)")
+            raise UserError(
+                f"data.{d.key}={d.given!r}: {d.source} {state} on {self.session.label}.",
+                "data marked target: is read where it lies on the host and never shipped: "
+                "put it there (e.g. rsync -a DATA HOST:" + d.source + ")"
+                + (", fix its permissions (chmod -R a+rX)" if what != "missing" else "")
+                + ", or give a path on this client without the target: prefix to ship it "
+                "with the run.")
 
     def reattach(self, run_id: str, run_dir: Path, locator: Mapping[str, Any]) -> RunHandle:
         return RemoteHandle(self, run_id, run_dir, str(locator["container"]),
@@ -1099,6 +1189,44 @@ def remove_run_dirs(b: RemoteDockerBackend, dirs: list[OldRunDir]) -> None:
                         "writes as the SSH user.")
 
 
+def old_data(b: RemoteDockerBackend, older_than: float, in_use: set[str]
+             ) -> tuple[list[tuple[str, int, float]], int, int]:
+    """Data trees under ``data/`` that no run used for ``older_than`` seconds (a submit
+    touches the tree it mounts) and that no container mounts (``in_use``), as (digest, size
+    KiB, age); and the objects nothing links to any more (count, KiB): code objects, and
+    data objects whose trees are gone. Objects are only a cache: removing one costs a
+    re-upload at most."""
+    minutes = int(older_than // 60)
+    r = b.session.run(
+        f"cd {_q(b.work_dir)} 2>/dev/null || exit 0; now=$(date +%s); "
+        "for d in data/*; do [ -d \"$d\" ] || continue; "
+        "t=$(stat -c %Y \"$d\"); printf 'tree %s %s %s\\n' \"${d#data/}\" "
+        "\"$(du -sk \"$d\" | cut -f1)\" \"$((now - t))\"; done; "
+        f"find objects -type f -links 1 -mmin +{minutes} -printf 'obj %k\\n' 2>/dev/null",
+        timeout=600)
+    trees, count, kib = [], 0, 0
+    for line in r.stdout.splitlines():
+        parts = line.split()
+        if parts[:1] == ["tree"] and len(parts) == 4 and re.fullmatch(r"[0-9a-f]{64}", parts[1]):
+            if parts[1] not in in_use and float(parts[3]) > older_than:
+                trees.append((parts[1], int(parts[2]), float(parts[3])))
+        elif parts[:1] == ["obj"] and len(parts) == 2:
+            count, kib = count + 1, kib + int(parts[1])
+    return trees, count, kib
+
+
+def remove_data(b: RemoteDockerBackend, trees: list[str], older_than: float) -> None:
+    """Remove those trees, then every object nothing links to that is older than
+    ``older_than`` seconds."""
+    names = " ".join(f"data/{d}" for d in trees)
+    r = b.session.run(f"cd {_q(b.work_dir)} || exit 3; rm -rf -- {names} 2>&1; "
+                      f"find objects -type f -links 1 -mmin +{int(older_than // 60)} -delete 2>&1",
+                      timeout=600)
+    if not r.ok:
+        raise UserError(f"could not remove data under {b.work_dir} on {b.session.label}: "
+                        f"{(r.stdout.strip() or r.last_error())[-300:]}")
+
+
 def _gc_arguments(p: Any) -> None:
     p.add_argument("target", help="a remote_docker target (conf/target/TARGET.yaml)")
     p.add_argument("--older-than", type=float, default=7.0, metavar="DAYS",
@@ -1155,9 +1283,25 @@ def _gc(args: Any) -> int:
     else:
         print(f"no run directories under {facts.work_dir}/runs ended over "
               f"{args.older_than:g} days ago")
+    mounted = {dg for d in b.cli.labelled({dk.L_MANAGED: "1"})
+               for dg in ((d.get("Config") or {}).get("Labels") or {}).get(L_DATA, "").split(",")
+               if dg}
+    trees, n_obj, obj_kb = old_data(b, args.older_than * 86400, mounted)
+    if trees or n_obj:
+        print(f"data trees under {facts.work_dir}/data no run used for {args.older_than:g} days "
+              f"({len(trees)}, {dk.size_text(sum(t[1] for t in trees) * 1024)}), and objects "
+              f"nothing links to ({n_obj}, {dk.size_text(obj_kb * 1024)}; the trees' own "
+              "objects go with them):")
+        for digest, kb, age in trees:
+            print(f"  data/{digest[:16]}...  {dk.age_text(age)} ago  {dk.size_text(kb * 1024)}")
+        if args.yes:
+            remove_data(b, [t[0] for t in trees], args.older_than * 86400)
+            print(f"removed {len(trees)} data tree(s) and the objects nothing links to")
+    else:
+        print(f"no data trees unused for {args.older_than:g} days under {facts.work_dir}/data")
     images = dk.prune_report(b.cli, keep=args.keep, env_name=args.env, yes=args.yes,
                              ignoring_containers=[c.id for c in strays])
-    if not args.yes and (strays or dirs or images):
+    if not args.yes and (strays or dirs or images or trees or n_obj):
         again = ["runner", "remote-gc", args.target]
         for flag, value, default in (("--older-than", f"{args.older_than:g}", "7"),
                                      ("--keep", str(args.keep), "1"), ("--env", args.env, None)):
@@ -1170,7 +1314,8 @@ def _gc(args: Any) -> int:
 
 def gc_command() -> Command:
     return Command("remote-gc", "list (and with --yes remove) stray containers, old run "
-                   "directories and unused env images on a remote_docker target's host",
+                   "directories, unused data trees and objects, and unused env images on a "
+                   "remote_docker target's host",
                    _gc_arguments, _gc)
 
 

@@ -5,6 +5,7 @@ reconcile after a killed client, slots, doctor, and the clear errors of a broken
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -22,8 +23,10 @@ from pathlib import Path
 import pytest
 
 from runner.backend import EnvSpec, RunHandle, RunState
+from runner.data import collect as collect_data
 from runner.errors import UserError
 from runner.plugins import _docker as dk
+from runner.plugins import _store as store
 from runner.plugins.local_docker import LocalDockerBackend, LocalDockerConfig
 from runner.plugins.remote_docker import (
     RemoteDockerBackend,
@@ -258,11 +261,170 @@ def test_a_second_submit_after_one_edit_ships_about_that_file(project: Path, wor
     s2 = json.loads((second / "remote.json").read_text())["shipped"]
     assert s1["sent_files"] == s1["files"] == 42  # 40 modules, job.py, conf/target/box.yaml
     assert s2["sent_files"] == 1 and s2["sent_bytes"] == len("# module 7, edited\n")
-    assert s2["archive_bytes"] < s2["bytes"] / 4  # request files + one module, not the project
+    assert s2["archive_bytes"] < s2["bytes"] / 3  # request files + one module, not the project
     assert "shipped 1 of 42 code files" in r2.stderr
     remote_code = Path(json.loads((second / "remote.json").read_text())["remote_run_dir"]) / "code"
     assert (remote_code / "lib" / "mod7.py").read_text() == "# module 7, edited\n"
     assert (remote_code / "lib" / "mod8.py").read_text().startswith("# module 8")
+
+
+# -- data by content ------------------------------------------------------------------------
+COUNT_JOB = """\
+import os, runner
+root = runner.data_path()
+files = sorted(os.path.relpath(os.path.join(d, f), root) for d, _, fs in os.walk(root) for f in fs)
+print('data at', root, flush=True)
+print('files', len(files), flush=True)
+first = 'r000.txt' if 'r000.txt' in files else files[0]
+print('first says', open(os.path.join(root, first)).readline().strip(), flush=True)
+"""
+
+
+def _data_project(project: Path, work: Path, n: int = 30) -> Path:
+    _target(project, work)
+    (project / ".runnerignore").write_text("reviews/\n")  # data travels as data, not as code
+    (project / "job.py").write_text(COUNT_JOB)
+    reviews = project / "reviews"
+    (reviews / "more").mkdir(parents=True)
+    for i in range(n):
+        (reviews / ("more" if i % 3 else ".") / f"r{i:03d}.txt").write_text(f"review {i}\n" * 50)
+    return reviews
+
+
+def _data_cost(project: Path, run: int = -1) -> dict:  # type: ignore[type-arg]
+    rd = sorted((project / ".runner" / "runs").iterdir())[run]
+    return json.loads((rd / "remote.json").read_text())["data"]  # type: ignore[no-any-return]
+
+
+def _verified_store(work: Path) -> list[str]:
+    """Every object's name is its sha256: the store never holds a partial or wrong object."""
+    names = []
+    for p in (work / "objects").iterdir():
+        assert hashlib.sha256(p.read_bytes()).hexdigest() == p.name, p
+        names.append(p.name)
+    return names
+
+
+def test_data_travels_by_content_once_and_an_edit_ships_one_file(project: Path,
+                                                                work: Path) -> None:
+    reviews = _data_project(project, work)
+    args = ("submit", "target=box", "env=docker_python", "model=script", "model.path=job.py",
+            "data.path=reviews")
+    r = run_cli(*args, cwd=project, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "data at /runner/data/path" in r.stdout and "files 30" in r.stdout
+    assert "first says review 0" in r.stdout
+    total = sum(p.stat().st_size for p in reviews.rglob("*.txt"))
+    kib = f"{total / 1024:.1f} KiB"
+    assert f"[runner] data path: shipped 30 of 30 files ({kib} of {kib}) to root@" in r.stderr
+    cost = _data_cost(project)["inputs"][0]
+    assert (cost["sent_files"], cost["files"], cost["present"]) == (30, 30, False)
+    assert cost["sent_bytes"] == cost["bytes"] == total
+    tree = work / "data" / cost["digest"]
+    assert (tree / "more" / "r001.txt").read_text() == "review 1\n" * 50
+    assert (tree / "r000.txt").stat().st_nlink >= 2  # a hard link into objects/, not a copy
+    # the same data again: one cheap check, no byte of data sent
+    r = run_cli(*args, cwd=project, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "files 30" in r.stdout
+    assert f"[runner] data path: 30 files ({kib}) already on root@" in r.stderr
+    again = _data_cost(project)
+    assert again["wire_bytes"] == 0 and again["inputs"][0]["present"]
+    # one file edited: exactly that file travels, into a new tree; the old tree is untouched
+    (reviews / "r000.txt").write_text("edited\n")
+    r = run_cli(*args, cwd=project, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "first says edited" in r.stdout and "files 30" in r.stdout
+    assert "[runner] data path: shipped 1 of 30 files (0.0 KiB of " in r.stderr
+    edit = _data_cost(project)["inputs"][0]
+    assert (edit["sent_files"], edit["sent_bytes"]) == (1, len("edited\n"))
+    assert edit["digest"] != cost["digest"]
+    assert (tree / "r000.txt").read_text() == "review 0\n" * 50
+    assert not list((work / "data").glob(".tmp-*")) and not list((work / "incoming").iterdir())
+    assert len(_verified_store(work)) >= 31
+    # the run saw its data read-only
+    rid = sorted((project / ".runner" / "runs").iterdir())[-1].name
+    assert containers_of(rid) == []
+
+
+def test_data_on_the_host_is_read_in_place_and_a_missing_path_stops_first(
+        project: Path, work: Path, tmp_path: Path) -> None:
+    _data_project(project, work, n=3)
+    on_host = tmp_path / "on-host" / "reviews"  # the test host shares this filesystem
+    on_host.mkdir(parents=True)
+    (on_host / "a.txt").write_text("lies on the host\n")
+    args = ("submit", "target=box", "env=docker_python", "model=script", "model.path=job.py")
+    r = run_cli(*args, f"data.path=target:{on_host}", cwd=project, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert f"data at {on_host}" in r.stdout and "first says lies on the host" in r.stdout
+    assert "[runner] data" not in r.stderr  # nothing shipped
+    r = run_cli(*args, "data.path=target:/no/such/data", cwd=project, timeout=120)
+    assert r.returncode == 2, r.stderr
+    assert "error: data.path='target:/no/such/data': /no/such/data does not exist on " in r.stderr
+    assert "root@127.0.0.1" in r.stderr and "without the target: prefix" in r.stderr
+    assert "Traceback" not in r.stderr
+    rid = sorted((project / ".runner" / "runs").iterdir())[-1].name
+    assert containers_of(rid) == [] and not (work / "runs" / rid).exists()  # nothing started
+
+
+class _CutAfter:
+    """A file that ends early (or says something else): what a file changed mid-upload, or a
+    stream cut off, looks like to the upload."""
+
+    def __init__(self, path: str, keep: int | None, flip: bool = False) -> None:
+        data = Path(path).read_bytes()
+        if flip:
+            data = bytes([data[0] ^ 1]) + data[1:]
+        self.f = io.BytesIO(data[:keep] if keep is not None else data)
+
+    def __enter__(self) -> io.BytesIO:
+        return self.f
+
+    def __exit__(self, *exc: object) -> None:
+        self.f.close()
+
+
+def test_a_cut_off_data_upload_publishes_no_partial_object(tmp_path: Path,
+                                                          backend: RemoteDockerBackend) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    for i in range(6):
+        (data / f"f{i}.bin").write_bytes(os.urandom(50_000 + i))
+    (inp,) = collect_data({"path": str(data)}, {"path": "dir"}, cwd=tmp_path,
+                          cache_path=tmp_path / "hashes.db")
+    w = backend.work_dir
+    work = Path(w)
+    sha = {n: h for n, (h, _) in inp.manifest.items()}
+    by_hash = sorted(sha, key=sha.__getitem__)  # objects travel in hash order
+    cut_name, flip_name = by_hash[2], by_hash[-1]
+
+    def cut(path: str) -> _CutAfter:  # the third object arrives half: the stream ends there
+        return _CutAfter(path, 25_000 if path.endswith("/" + cut_name) else None)
+
+    with pytest.raises(UserError) as e:
+        store.stage(backend.session, w, [inp], set(), opener=cut)  # type: ignore[arg-type]
+    assert f"{cut_name} could not be read whole" in e.value.message
+    assert "nothing partial was kept" in " ".join(e.value.hints)
+    # the two objects before it came whole and are kept; the half one and the rest are not
+    assert set(_verified_store(work)) == {sha[n] for n in by_hash[:2]}
+    assert not (work / "data" / str(inp.digest)).exists()
+    assert not list((work / "data").iterdir()) and not list((work / "incoming").iterdir())
+
+    def flip(path: str) -> _CutAfter:  # same size, other bytes: only the host's check sees it
+        return _CutAfter(path, None, flip=path.endswith("/" + flip_name))
+
+    with pytest.raises(UserError) as e:
+        store.stage(backend.session, w, [inp], set(), opener=flip)  # type: ignore[arg-type]
+    assert "other content than they were hashed with" in e.value.message
+    assert set(_verified_store(work)) == set(sha.values()) - {sha[flip_name]}
+    assert not (work / "data" / str(inp.digest)).exists()
+    # a clean retry sends only what is still missing, and publishes the tree
+    shipped, totals = store.stage(backend.session, w, [inp], set())
+    assert shipped[0].sent_files == 1 and totals["objects_sent"] == 1
+    tree = work / "data" / str(inp.digest)
+    assert sorted(p.name for p in tree.iterdir()) == [f"f{i}.bin" for i in range(6)]
+    assert all((tree / n).read_bytes() == (data / n).read_bytes() for n in sha)
+    assert not list((work / "incoming").iterdir())
 
 
 # -- GPUs -----------------------------------------------------------------------------------
@@ -459,7 +621,10 @@ def test_secrets_reach_the_container_but_no_file_or_command_line(
                                  "os.environ['RUNNER_TEST_TOKEN'].encode()).hexdigest() == "
                                  f"'{digest}')", env=ENV)
     rd = RunDir(spec.run_dir)
-    rd.write_request(rd.request() | {"secret_env": ["RUNNER_TEST_TOKEN"]})
+    assert spec.request is not None
+    spec = dataclasses.replace(spec, request=dataclasses.replace(
+        spec.request, secret_env=("RUNNER_TEST_TOKEN",)))
+    rd.write_request(spec.request.to_dict())
     handle = b.submit(spec, b.prepare(spec))
     assert handle.wait(90).state == RunState.SUCCEEDED
     assert "token ok True" in rd.log.read_text()
@@ -536,50 +701,48 @@ def test_a_full_work_dir_gets_a_clear_error(tmp_path: Path, tiny_fs: Path) -> No
     assert containers_of(spec.run_id) == []
 
 
+MR = Path("/work/shared/data/rt-polarity")  # the lab's copy, read in place when present
+
+
 @pytest.mark.slow
 @pytest.mark.tf
-def test_sentiment_cnn_trains_on_the_remote_with_gpus_requested(tmp_path: Path,
+def test_sentiment_cnn_trains_on_the_remote_with_gpus_requested(project: Path,
                                                                  work: Path) -> None:
-    """The lab's experiment end to end on the remote target: the env image with TensorFlow is
-    built on the host (minutes the first time), one short epoch on generated reviews, --gpus
-    reaches the engine, and the metrics and the saved model come back."""
+    """The lab's experiment end to end through the CLI: the env image with TensorFlow is built
+    on the host (minutes the first time), the reviews travel as data by content, one short
+    epoch, --gpus reaches the engine, and the metrics and the saved model come back."""
     from runner.registry import collect, make_plugin_manager
 
     if "sentiment_cnn" not in collect(make_plugin_manager(entry_points=False)).models:
         pytest.skip("the sentiment_cnn model plugin is not registered")
     hook_log = TB.get("RUNNER_FAKE_GPU_HOOK_LOG")
     gpus = "0" if hook_log and TB.get("RUNNER_DOCKER_HOST_GPUS") == "fake" else None
-    env = EnvSpec(name="tf_cpu", base_image=BASE, requirements=("tensorflow-cpu>=2.16", "keras>=3"))
-    b = RemoteDockerBackend(config(work, gpus=gpus, gpu_preflight=False))
-    spec = make_run(tmp_path, b, "pass", env=env)
-    rd = RunDir(spec.run_dir)
-    words_good = ["wonderful", "moving", "clever", "great", "loved", "superb", "charming"]
-    words_bad = ["dull", "boring", "wooden", "terrible", "hated", "messy", "tedious"]
-    import random
+    _target(project, work, **({"gpus": f'"{gpus}"', "gpu_preflight": "false"} if gpus else {}))
+    if (MR / "rt-polarity.pos").is_file():
+        data = str(MR)  # 10,662 reviews, 1.2 MB: shipped once, then found on the host
+    else:
+        import random
 
-    rng = random.Random(0)
-    reviews = rd.code / "reviews"
-    reviews.mkdir()
-    for name, words in (("reviews.pos", words_good), ("reviews.neg", words_bad)):
-        (reviews / name).write_text("\n".join(
-            " ".join(rng.choice(words + ["the", "a", "film", "plot"]) for _ in range(12))
-            for _ in range(150)) + "\n")
-    request = rd.request()
-    request.update({
-        "model": "sentiment_cnn", "gpus": gpus,
-        "model_config": {"name": "sentiment_cnn", "epochs": 1, "maxlen": 20, "num_words": 200,
-                         "filters": 8, "hidden_dims": 8, "embedding_dim": 8, "batch_size": 16,
-                         "verbose": 2},
-        "data": {"name": "text_files", "path": "/runner/run/code/reviews", "format": "pos_neg",
-                 "test_split": 0.2, "val_split": 0.0},
-    })
-    rd.write_request(request)
-    spec = type(spec)(**{**spec.__dict__, "model": "sentiment_cnn", "gpus": gpus})
-    prepared = b.prepare(spec)
+        words_good = ["wonderful", "moving", "clever", "great", "loved", "superb", "charming"]
+        words_bad = ["dull", "boring", "wooden", "terrible", "hated", "messy", "tedious"]
+        rng = random.Random(0)
+        reviews = project.parent / "reviews"  # outside the project: data, not code
+        reviews.mkdir()
+        for name, words in (("reviews.pos", words_good), ("reviews.neg", words_bad)):
+            (reviews / name).write_text("\n".join(
+                " ".join(rng.choice(words + ["the", "a", "film", "plot"]) for _ in range(12))
+                for _ in range(150)) + "\n")
+        data = "../reviews"  # relative to the working directory, as a user types it
     before = len(Path(hook_log).read_text().splitlines()) if gpus and hook_log else 0
-    st = b.submit(spec, prepared).wait(900)
-    log = rd.log.read_text()
-    assert st.state == RunState.SUCCEEDED, log[-3000:]
+    r = run_cli("submit", "target=box", "env=tf_cpu", "model=sentiment_cnn", "data=text_files",
+                f"data.path={data}", "data.format=pos_neg", "data.max_samples=2000",
+                "data.test_split=0.2", "data.val_split=0.0", "model.epochs=1", "model.maxlen=20",
+                "model.num_words=200", "model.filters=8", "model.hidden_dims=8",
+                "model.embedding_dim=8", "model.batch_size=16", "model.verbose=2",
+                cwd=project, timeout=1500)  # the target's gpus: "0" reaches the run
+    rd = RunDir(next((project / ".runner" / "runs").iterdir()))
+    assert r.returncode == 0, r.stderr[-3000:] + rd.log.read_text()[-3000:]
+    assert "[runner] data path: shipped " in r.stderr
     assert any("acc" in m["name"] for m in rd.read_metrics())
     assert any(p.is_file() for p in rd.outputs.rglob("*"))  # the saved model came back
     if gpus and hook_log:
@@ -661,6 +824,31 @@ def test_remote_gc_lists_then_removes_strays_old_run_dirs_and_unused_images(
         stray.cancel()
         docker("image", "rm", "-f", older, newer)
     assert containers_of(in_flight) == [] and containers_of(spec.run_id) == []
+
+
+def test_remote_gc_removes_data_trees_no_run_used_and_their_objects(project: Path,
+                                                                    work: Path) -> None:
+    _data_project(project, work, n=4)
+    args = ("submit", "target=box", "env=docker_python", "model=script", "model.path=job.py")
+    assert run_cli(*args, "data.path=reviews", cwd=project, timeout=300).returncode == 0
+    old = _data_cost(project)["inputs"][0]["digest"]
+    (project / "fresh").mkdir()
+    (project / "fresh" / "x.txt").write_text("fresh data\n")
+    assert run_cli(*args, "data.path=fresh", cwd=project, timeout=300).returncode == 0
+    fresh = _data_cost(project)["inputs"][0]["digest"]
+    _on_host(f"cd {work} && touch -d '10 days ago' data/{old} objects/*")
+    dry = run_cli("remote-gc", "box", cwd=project, timeout=180)
+    assert dry.returncode == 0, dry.stderr
+    assert f"data/{old[:16]}" in dry.stdout and f"data/{fresh[:16]}" not in dry.stdout
+    assert (work / "data" / old).is_dir()  # a dry run removes nothing
+    done = run_cli("remote-gc", "box", "--yes", cwd=project, timeout=180)
+    assert "removed 1 data tree(s)" in done.stdout, done.stdout + done.stderr
+    assert not (work / "data" / old).exists() and (work / "data" / fresh).is_dir()
+    kept = set(_verified_store(work))
+    assert hashlib.sha256(b"fresh data\n").hexdigest() in kept  # still linked by a tree
+    assert hashlib.sha256(b"review 0\n" * 50).hexdigest() not in kept  # only the old tree's
+    r = run_cli(*args, "data.path=reviews", cwd=project, timeout=300)  # shipped again, whole
+    assert r.returncode == 0 and "shipped 4 of 4 files" in r.stderr, r.stderr
 
 
 def test_remote_gc_names_the_targets_it_can_clean(project: Path, work: Path) -> None:
