@@ -10,6 +10,7 @@ file), and summed up in one digest.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import sqlite3
 import stat
@@ -44,6 +45,9 @@ class HashCache:
                 self._db = sqlite3.connect(self.path, timeout=10)
                 self._db.execute("CREATE TABLE IF NOT EXISTS h (path TEXT PRIMARY KEY, size INT, "
                                  "mtime INT, ino INT, sha TEXT)")
+                # a whole input at once: what its files' stats looked like -> manifest
+                self._db.execute("CREATE TABLE IF NOT EXISTS tree (path TEXT PRIMARY KEY, "
+                                 "signature TEXT, manifest TEXT)")
             except (OSError, sqlite3.Error):
                 return None  # a cache that cannot be kept only costs time
         return self._db
@@ -59,6 +63,31 @@ class HashCache:
             return {p: (s, m, i, h) for p, s, m, i, h in rows}
         except sqlite3.Error:
             return {}
+
+    def tree(self, path: str, signature: str) -> dict[str, tuple[str, int]] | None:
+        """The manifest of the input at ``path`` when its files' stats still match."""
+        db = self._conn()
+        if db is None:
+            return None
+        try:
+            row = db.execute("SELECT signature, manifest FROM tree WHERE path = ?",
+                             (path,)).fetchone()
+        except sqlite3.Error:
+            return None
+        if row is None or row[0] != signature:
+            return None
+        return {k: (v[0], int(v[1])) for k, v in json.loads(row[1]).items()}
+
+    def add_tree(self, path: str, signature: str, manifest: Mapping[str, tuple[str, int]]) -> None:
+        db = self._conn()
+        if db is None:
+            return
+        try:
+            with db:
+                db.execute("INSERT OR REPLACE INTO tree VALUES (?, ?, ?)",
+                           (path, signature, json.dumps(manifest, separators=(",", ":"))))
+        except sqlite3.Error:
+            pass
 
     def add(self, path: str, st: os.stat_result, sha: str) -> None:
         self._new.append((path, st.st_size, st.st_mtime_ns, st.st_ino, sha))
@@ -87,9 +116,22 @@ def _where(key: str, given: str) -> str:
     return f"data.{key}={given!r}"
 
 
+def _readable(st: os.stat_result) -> bool:
+    """Whether this process may read a file, from its mode bits (no extra system call)."""
+    uid = os.geteuid()
+    if uid == 0:
+        return True
+    if st.st_uid == uid:
+        return bool(st.st_mode & stat.S_IRUSR)
+    if st.st_gid == os.getegid() or st.st_gid in os.getgroups():
+        return bool(st.st_mode & stat.S_IRGRP)
+    return bool(st.st_mode & stat.S_IROTH)
+
+
 def _walk(root: Path, key: str, given: str) -> list[tuple[str, str, os.stat_result]]:
-    """(relative path, absolute path, stat) of every file under ``root``; links that leave
-    the folder are an error (they are not followed), unreadable files too."""
+    """(relative path, absolute path, stat) of every file under ``root``, sorted; links that
+    leave the folder are an error (they are not followed), unreadable files too. One
+    ``lstat`` per entry: a dataset of 50,000 files is walked in a fraction of a second."""
     out: list[tuple[str, str, os.stat_result]] = []
     outside: list[str] = []
     unreadable: list[str] = []
@@ -98,31 +140,34 @@ def _walk(root: Path, key: str, given: str) -> list[tuple[str, str, os.stat_resu
     while stack:
         folder, rel = stack.pop()
         try:
-            entries = list(os.scandir(folder))
+            with os.scandir(folder) as it:
+                entries = list(it)
         except OSError as err:
             unreadable.append(f"{rel or '.'}/ ({err.strerror})")
             continue
         for e in entries:
             r = f"{rel}/{e.name}" if rel else e.name
-            if e.is_symlink():
-                real = os.path.realpath(e.path)
-                if real != real_root and not real.startswith(real_root + os.sep):
-                    outside.append(f"{r} -> {os.readlink(e.path)}")
-                    continue
-                if os.path.isdir(real):
-                    outside.append(f"{r} -> {os.readlink(e.path)} (a link to a folder)")
-                    continue
-            if e.is_dir(follow_symlinks=False):
-                stack.append((e.path, r))
-                continue
             try:
-                st = os.stat(e.path)
+                if e.is_dir(follow_symlinks=False):
+                    stack.append((e.path, r))
+                    continue
+                if e.is_symlink():
+                    real = os.path.realpath(e.path)
+                    if real != real_root and not real.startswith(real_root + os.sep):
+                        outside.append(f"{r} -> {os.readlink(e.path)}")
+                        continue
+                    if os.path.isdir(real):
+                        outside.append(f"{r} -> {os.readlink(e.path)} (a link to a folder)")
+                        continue
+                    st = os.stat(e.path)
+                else:
+                    st = e.stat(follow_symlinks=False)
             except OSError as err:
                 unreadable.append(f"{r} ({err.strerror})")
                 continue
             if not stat.S_ISREG(st.st_mode):
                 continue  # sockets, fifos: not data
-            if not os.access(e.path, os.R_OK):
+            if not _readable(st):
                 unreadable.append(f"{r} (permission denied)")
                 continue
             out.append((r, e.path, st))
@@ -137,7 +182,8 @@ def _walk(root: Path, key: str, given: str) -> list[tuple[str, str, os.stat_resu
             f"{_where(key, given)}: {len(unreadable)} file(s) cannot be read: "
             f"{', '.join(sorted(unreadable)[:3])}.",
             "fix their permissions (chmod a+r), or remove them from the folder.")
-    return sorted(out)
+    out.sort()
+    return out
 
 
 def _check_archive(path: Path, key: str, given: str) -> None:
@@ -191,7 +237,6 @@ def _input(key: str, value: str, want: str, cwd: Path, cache: HashCache) -> Data
     if want == "file" and not real.is_file():
         raise UserError(f"{_where(key, value)}: is a folder; a file is needed here.",
                         "give the file itself.")
-    known = cache.known(str(real))
     if real.is_dir():
         kind = DataKind.DIR
         files = _walk(real, key, value)
@@ -204,6 +249,24 @@ def _input(key: str, value: str, want: str, cwd: Path, cache: HashCache) -> Data
                             "fix its permissions (chmod a+r).")
         _check_archive(real, key, value)
         files = [(real.name, str(real), os.stat(real))]
+    signature = hashlib.sha256("".join(
+        f"{r}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ino}\n" for r, _, st in files).encode()
+    ).hexdigest()
+    manifest = cache.tree(str(real), signature)
+    if manifest is None:
+        manifest = _hash_all(files, cache, key, value)
+        cache.add_tree(str(real), signature, manifest)
+    digest = hashlib.sha256("".join(f"{p}\0{h}\0{n}\n" for p, (h, n) in sorted(manifest.items()))
+                            .encode()).hexdigest()
+    return DataInput(key=key, given=value, kind=kind, source=str(real), digest=digest,
+                     files=len(manifest), bytes=sum(n for _, n in manifest.values()),
+                     manifest=manifest)
+
+
+def _hash_all(files: list[tuple[str, str, os.stat_result]], cache: HashCache, key: str,
+              value: str) -> dict[str, tuple[str, int]]:
+    """sha256 and size of each file, from the cache where its stat is unchanged."""
+    known = cache.known(os.path.commonpath([f for _, f, _ in files])) if files else {}
     manifest: dict[str, tuple[str, int]] = {}
     for rel, full, st in files:
         hit = known.get(full)
@@ -217,11 +280,7 @@ def _input(key: str, value: str, want: str, cwd: Path, cache: HashCache) -> Data
             cache.add(full, st, sha)
         manifest[rel] = (sha, st.st_size)
     cache.save()
-    digest = hashlib.sha256("".join(f"{p}\0{h}\0{n}\n" for p, (h, n) in sorted(manifest.items()))
-                            .encode()).hexdigest()
-    return DataInput(key=key, given=value, kind=kind, source=str(real), digest=digest,
-                     files=len(manifest), bytes=sum(n for _, n in manifest.values()),
-                     manifest=manifest)
+    return manifest
 
 
 def collect(data: Mapping[str, Any], declared: Mapping[str, str], *, cwd: Path,
