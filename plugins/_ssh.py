@@ -460,10 +460,11 @@ class _Shell:
         marker = b"\n" + token + b" "
         out = bytearray()
         buf = self._out
+        start = 0  # bytes before this were searched already: a large answer is scanned once
         try:
             self.chan.sendall(script.encode())
             while True:
-                i = buf.find(marker)
+                i = buf.find(marker, start)
                 if i >= 0:
                     j = buf.find(b"\n", i + len(marker))
                     if j >= 0:
@@ -471,11 +472,15 @@ class _Shell:
                         body, rest = bytes(buf[:i]), bytes(buf[j + 1:])
                         buf[:] = rest
                         break
+                    start = i
+                else:
+                    start = max(0, len(buf) - len(marker))
                 # pass on what cannot be part of the marker
                 keep = len(marker) + 8
-                if sink is not None and len(buf) > keep:
+                if sink is not None and len(buf) > keep and i < 0:
                     sink(bytes(buf[:-keep]))
                     del buf[:-keep]
+                    start = 0
                 if deadline is not None:
                     left = deadline - time.monotonic()
                     if left <= 0:
