@@ -111,9 +111,10 @@ def missing_objects(session: Any, work_dir: str, hashes: Sequence[str],
         raise UserError(f"could not write to {work_dir}/incoming on {session.label}: {e}") from None
     q, got = shlex.quote(want), shlex.quote(want + ".out")
     # the answer comes back by SFTP too: megabytes of hashes are no shell output
-    r = session.run(f"cd {shlex.quote(work_dir)}/objects && while read -r h; do "
-                    f"[ -f \"$h\" ] || echo \"$h\"; done < {q} > {got}; rc=$?; rm -f {q}; "
-                    "exit $rc", timeout=timeout)
+    # one sorted listing compared with the sorted wish list: no shell loop over 50,000 names
+    r = session.run(f"cd {shlex.quote(work_dir)}/objects && LC_ALL=C sort -u {q} > {q}.s && "
+                    f"ls -1 -f . | LC_ALL=C sort | LC_ALL=C comm -23 {q}.s - > {got}; rc=$?; "
+                    f"rm -f {q} {q}.s; exit $rc", timeout=timeout)
     if not r.ok:
         raise UserError(f"could not list the content store {work_dir}/objects on "
                         f"{session.label}: {r.last_error()}")
@@ -179,7 +180,7 @@ def _send(sink: _Sink, tok: str, source: dict[str, tuple[str, int]], missing: se
     end-of-archive is written and the host's tar sees a cut-off stream."""
     raw = io.BufferedWriter(sink, buffer_size=1 << 20)
     with gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=compress, mtime=0) as gz, \
-            tarfile.open(fileobj=gz, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+            tarfile.open(fileobj=gz, mode="w|", format=tarfile.GNU_FORMAT) as tar:
         now = int(time.time())
         for sha, (path, size) in sorted(source.items()):
             info = tarfile.TarInfo(f"incoming/.data-{tok}/o/{sha}")
