@@ -84,6 +84,7 @@ class TestLocalDockerContract(BackendContract):
 
     def assert_nothing_left(self, handle: RunHandle) -> None:
         assert isinstance(handle, DockerHandle)
+        super().assert_nothing_left(handle)  # no process of the run's script either
         assert containers_of(handle.run_id) == []
 
 
@@ -416,45 +417,145 @@ def test_gpu_preflight_on_a_cpu_only_tensorflow_image(
     assert "MISSING framework: tensorflow" in text and "CPU-only build" in text
 
 
-@pytest.mark.slow
-def test_sentiment_cnn_trains_one_epoch_in_a_container(
-    tmp_path: Path, tf_cpu_backend: tuple[LocalDockerBackend, EnvSpec]
-) -> None:
-    from runner.registry import collect, make_plugin_manager
+# -- data travels with the run: the lab's journey through the CLI --------------------------------
+MR = Path(__file__).resolve().parents[2] / "shared" / "data" / "rt-polarity"
+TINY_CNN = ["model=sentiment_cnn", "data=text_files", "data.max_samples=600", "model.epochs=1",
+            "model.maxlen=20", "model.num_words=500", "model.filters=8", "model.hidden_dims=8",
+            "model.embedding_dim=8", "model.batch_size=32"]
 
-    if "sentiment_cnn" not in collect(make_plugin_manager(entry_points=False)).models:
-        pytest.skip("the sentiment_cnn model plugin is not registered")
-    backend, env = tf_cpu_backend
-    data = tmp_path / "reviews"
-    data.mkdir()
+BLOCKER = """\
+import sys
+class _NoFramework:
+    BLOCKED = ("numpy", "tensorflow", "keras", "jax", "torch")
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in self.BLOCKED:
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+sys.meta_path.insert(0, _NoFramework())
+"""
+
+
+def reviews(where: Path) -> Path:
+    """Real movie-review sentences when the shared MR set is here, else generated ones."""
+    if MR.is_dir():
+        return MR
+    where.mkdir(parents=True, exist_ok=True)
     good = ["a wonderful moving film", "great acting and a clever story", "i loved every minute"]
     bad = ["a dull boring mess", "terrible script and wooden acting", "i hated every minute"]
-    (data / "reviews.pos").write_text("\n".join(good * 20) + "\n")
-    (data / "reviews.neg").write_text("\n".join(bad * 20) + "\n")
-    spec = make_run(tmp_path, backend, "print(1)", env=env)
-    rd = RunDir(spec.run_dir)
-    request = rd.request()
-    request.update({
-        "model": "sentiment_cnn",
-        "model_config": {"name": "sentiment_cnn", "epochs": 1, "maxlen": 20, "num_words": 200,
-                         "filters": 8, "hidden_dims": 8, "embedding_dim": 8, "batch_size": 16,
-                         "verbose": 2},
-        "data": {"name": "text_files", "path": "/runner/run/code/reviews", "format": "pos_neg",
-                 "test_split": 0.2, "val_split": 0.0},
-    })
-    import shutil
+    (where / "reviews.pos").write_text("\n".join(good * 100) + "\n")
+    (where / "reviews.neg").write_text("\n".join(bad * 100) + "\n")
+    return where
 
-    shutil.copytree(data, rd.code / "reviews")
-    rd.write_request(request)
-    spec = type(spec)(**{**spec.__dict__, "model": "sentiment_cnn"})
-    prepared = backend.prepare(spec)
-    st = backend.submit(spec, prepared).wait(600)
-    log = rd.log.read_text()
-    assert st.state == RunState.SUCCEEDED, log[-3000:]
-    names = {m["name"] for m in rd.read_metrics()}
-    assert any("acc" in n for n in names), names
-    packages = {k.lower().replace("_", "-") for k in rd.worker_info()["packages"]}
-    assert packages & {"tensorflow-cpu", "tensorflow"}, sorted(packages)
+
+def test_data_is_mounted_read_only_and_the_cache_volume_persists(project: Path, tmp_path: Path) -> None:
+    (project / "job.py").write_text(textwrap.dedent("""
+        import os, sys
+        import runner
+        p = runner.data_path()
+        print("DATA", p, sorted(x.name for x in p.iterdir()) if p.is_dir() else p.read_text().strip())
+        try:
+            open(p / "new.txt" if p.is_dir() else str(p) + ".new", "w")
+            print("WROTE")
+        except OSError as e:
+            print("READ-ONLY", e.errno)
+        cache = os.environ["KERAS_HOME"]
+        os.makedirs(cache, exist_ok=True)
+        marker = os.path.join(cache, "runner-test-marker")
+        print("CACHE", os.path.exists(marker))
+        open(marker, "w").write(sys.argv[1])
+    """))
+    (project / "data").mkdir()
+    (project / "data" / "a.txt").write_text("alpha\n")
+    (project / ".runnerignore").write_text("data/\n")
+    base = ["submit", "target=local_docker", "env=docker_python", f"env.base_image={BASE}",
+            "model=script", "model.path=job.py", "target.cache_volume=runner-test-cache"]
+    docker("volume", "rm", "-f", "runner-test-cache")
+    try:
+        r = run_cli(*base, "data.path=data", "model.args=[one]", cwd=project, timeout=300)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert "DATA /runner/data/path ['a.txt']" in r.stdout  # in the container, not the client's path
+        assert "READ-ONLY" in r.stdout and "WROTE" not in r.stdout
+        assert "CACHE False" in r.stdout
+        f = tmp_path / "single.txt"
+        f.write_text("one file\n")
+        r = run_cli(*base, f"data.path={f}", "model.args=[two]", cwd=project, timeout=300)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert "DATA /runner/data/path/single.txt one file" in r.stdout  # a file keeps its name
+        assert "CACHE True" in r.stdout  # the cache volume outlives the run
+        there = tmp_path / "resident"
+        there.mkdir()
+        (there / "r.txt").write_text("x")
+        r = run_cli(*base, f"data.path=target:{there}", "model.args=[three]", cwd=project, timeout=300)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert f"DATA {there} ['r.txt']" in r.stdout  # on the host: mounted at its own path
+    finally:
+        docker("volume", "rm", "-f", "runner-test-cache")
+
+
+@pytest.mark.slow
+@pytest.mark.tf
+def test_the_lab_journey_in_a_container_through_the_cli(project: Path, tmp_path: Path) -> None:
+    """prepare (then a cache hit), submit the sentiment CNN on real reviews by a relative path,
+    an absolute one and one that lies on the host, follow the log, show, predict."""
+    data = reviews(tmp_path / "reviews")
+    env = ["target=local_docker", "env=tf_cpu", f"env.base_image={BASE}"]
+    rel = os.path.relpath(data, project)
+    r = run_cli("prepare", *env, *TINY_CNN, f"data.path={rel}", cwd=project, timeout=1800)
+    assert r.returncode == 0, r.stderr
+    r = run_cli("prepare", *env, *TINY_CNN, f"data.path={rel}", cwd=project, timeout=300)
+    assert r.returncode == 0 and ": cached [" in r.stderr, r.stderr
+    ids = {}
+    for how, path in (("relative", rel), ("absolute", str(data)), ("on host", f"target:{data}")):
+        r = run_cli("submit", "--detach", *env, *TINY_CNN, f"data.path={path}", cwd=project,
+                    timeout=300)
+        assert r.returncode == 0, r.stderr
+        run_id = r.stderr.split("run ", 1)[1].split(":", 1)[0]
+        ids[how] = run_id
+        logs = run_cli("logs", run_id, "-f", cwd=project, timeout=600)
+        assert logs.returncode == 0, logs.stderr
+        assert "val_accuracy:" in logs.stdout, logs.stdout[-2000:]
+        show = run_cli("show", run_id, cwd=project)
+        assert "SUCCEEDED" in show.stdout, show.stdout
+        assert "data.path" in show.stdout and "gpus" in show.stdout
+        if how == "on host":
+            assert "on the target, not shipped" in show.stdout and f"read at {data}" in show.stdout
+        else:
+            assert "read at /runner/data/path" in show.stdout
+    cmp = run_cli("compare", ids["relative"], ids["absolute"], cwd=project)
+    assert "data.path (content)" not in cmp.stdout  # the same data, whichever way it was named
+    pred = run_cli("predict", ids["relative"], "a wonderful, moving film", cwd=project, timeout=300)
+    assert pred.returncode == 0, pred.stderr
+    assert "a wonderful, moving film" in pred.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.tf
+def test_a_client_without_numpy_or_tensorflow_trains_in_a_container(project: Path,
+                                                                     tmp_path: Path) -> None:
+    blocker = tmp_path / "no-framework"
+    blocker.mkdir()
+    (blocker / "sitecustomize.py").write_text(BLOCKER)
+    client = {"PYTHONPATH": str(blocker)}
+    probe = run_cli("plugins", cwd=project, env=client)
+    assert probe.returncode == 0, probe.stderr
+    check = subprocess.run([sys.executable, "-c", "import numpy"], env={**os.environ, **client},
+                           capture_output=True, text=True)
+    assert check.returncode != 0 and "No module named" in check.stderr  # the client truly lacks it
+    data = reviews(tmp_path / "reviews")
+    env = ["target=local_docker", "env=tf_cpu", f"env.base_image={BASE}"]
+    r = run_cli("prepare", *env, *TINY_CNN, f"data.path={data}", cwd=project, env=client,
+                timeout=1800)
+    assert r.returncode == 0, r.stderr
+    r = run_cli("submit", *env, *TINY_CNN, f"data.path={data}", cwd=project, env=client,
+                timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr
+    assert "SUCCEEDED" in r.stderr
+    for args in (["runs"], ["show", "last"]):
+        v = run_cli(*args, cwd=project, env=client)
+        assert v.returncode == 0 and "SUCCEEDED" in v.stdout, v.stderr
+    pred = run_cli("predict", "last", "a fine film", cwd=project, env=client)
+    assert pred.returncode == 2, pred.stdout + pred.stderr
+    assert "Traceback" not in pred.stderr and "pip install" in pred.stderr
 
 
 def test_a_container_never_started_is_lost_and_removed(
