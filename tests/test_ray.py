@@ -67,6 +67,7 @@ class TestRayContract(BackendContract):
 
     def assert_nothing_left(self, handle: RunHandle) -> None:
         assert isinstance(handle, RayHandle)
+        super().assert_nothing_left(handle)  # no process of the run's script either (same kernel)
         assert handle.status().terminal
         import time
 

@@ -131,6 +131,7 @@ class TestRemoteDockerContract(BackendContract):
 
     def assert_nothing_left(self, handle: RunHandle) -> None:
         assert isinstance(handle, RemoteHandle)
+        super().assert_nothing_left(handle)  # no process of the run's script either (same kernel)
         assert containers_of(handle.run_id) == []
 
 
