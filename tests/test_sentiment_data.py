@@ -7,6 +7,7 @@ import json
 import random
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -237,3 +238,181 @@ def test_imdb_without_local_data_or_download_says_how_to_point_at_data(tmp_path:
     assert line, out.stdout + out.stderr
     assert "imdb.npz is not in the Keras cache" in line[0]
     assert "data.path=/path/to/imdb.npz" in line[0] and "data=text_files" in line[0]
+    # every way out: local data the runner ships, data on the target host, a cache volume
+    assert "aclImdb.tar.xz" in line[0] and "data.path=target:/path/on/host" in line[0]
+    assert "cache_volume" in line[0] and "KERAS_HOME=/runner/cache/keras" in line[0]
+
+
+# -- IMDB as users hold it: the aclImdb archive or tree ------------------------------------------
+
+def write_acl_tree(root: Path, n: int = 6, seed: int = 0) -> Path:
+    """An aclImdb-style tree of generated reviews: ``root/{train,test}/{pos,neg}/ID_RATING.txt``
+    (``n`` per folder, with ``<br />`` tags), plus the files the real one has besides."""
+    rng = random.Random(seed)
+    for split in ("train", "test"):
+        for label in ("pos", "neg"):
+            d = root / split / label
+            d.mkdir(parents=True)
+            for i in range(n):
+                text = review(rng, label == "pos", rng.randint(4, 12))
+                (d / f"{i}_{8 if label == 'pos' else 2}.txt").write_text(
+                    f"{text.capitalize()}.<br /><br />It's {rng.choice(POSITIVE if label == 'pos' else NEGATIVE)}!")
+    (root / "train" / "unsup").mkdir()
+    (root / "train" / "unsup" / "0_0.txt").write_text("unlabelled, never read")
+    (root / "README").write_text("not a review")
+    (root / "imdb.vocab").write_text("the\nand\n")
+    return root
+
+
+def tar_up(src: Path, dest: Path, *, prefix: str | None = "aclImdb") -> Path:
+    """``src``'s files in a tar archive at ``dest`` (compression by its suffix), under ``prefix``."""
+    mode = "w:xz" if dest.name.endswith(".xz") else "w:gz" if dest.name.endswith("gz") else "w"
+    with tarfile.open(dest, mode) as tar:  # type: ignore[call-overload]
+        tar.add(src, arcname=prefix or ".")
+    return dest
+
+
+def imdb(path: Path, **values: object) -> datasets.DataSpec:
+    return datasets.parse_spec({"name": "imdb", "path": str(path), **values})
+
+
+@pytest.mark.parametrize(("archive", "prefix"), [("aclImdb_v1.tar.gz", "aclImdb"),
+                                                 ("aclImdb.tar.xz", "aclImdb"),
+                                                 ("reviews.tar", None)])
+def test_aclimdb_archive_reads_like_the_tree(tmp_path: Path, archive: str, prefix: str | None) -> None:
+    tree = write_acl_tree(tmp_path / "src" / "aclImdb")
+    path = tar_up(tree, tmp_path / archive, prefix=prefix)
+    from_tree = datasets.load_imdb(imdb(tree), None, 20, "pre", "pre")
+    from_archive = datasets.load_imdb(imdb(path), None, 20, "pre", "pre")
+    for src in (from_tree, from_archive):
+        assert src.test is not None and len(src.train) == 12 and len(src.test) == 12
+        assert src.train.labels.tolist() == [1] * 6 + [0] * 6  # unsup/, README: not reviews
+        assert src.vocabulary is None  # no word index anywhere: built from the training text
+    assert from_archive.train.texts == from_tree.train.texts
+    assert from_archive.test is not None and from_tree.test is not None
+    assert from_archive.test.texts == from_tree.test.texts
+    assert from_tree.train.texts is not None and "<br />" in from_tree.train.texts[0]
+    # text_files takes the archive too, and so does a folder holding aclImdb/
+    again = datasets.load_text_files(spec(path=str(path)))
+    assert again.train.texts == from_tree.train.texts and "aclimdb" in again.describe
+    parent = datasets.load_text_files(spec(path=str(tree.parent)))
+    assert parent.train.texts == from_tree.train.texts
+
+
+def test_aclimdb_text_is_encoded_with_the_word_index_the_keras_way(tmp_path: Path) -> None:
+    root = tmp_path / "aclImdb"
+    for split in ("train", "test"):
+        for label, text in (("pos", "A <br />SUPERB film, isn't it?"), ("neg", "Dull... 'the end'")):
+            (root / split / label).mkdir(parents=True)
+            (root / split / label / "0_1.txt").write_text(text)
+    archive = tar_up(root, tmp_path / "aclImdb.tar.xz")
+    index = {"the": 1, "a": 2, "br": 3, "film": 4, "superb": 5, "isn't": 6, "it": 7, "dull": 8,
+             "end'": 9, "'the": 10}
+    (tmp_path / "imdb_word_index.json").write_text(json.dumps(index))  # next to the archive
+    src = datasets.load_imdb(imdb(archive), 10, 20, "pre", "pre")
+    assert src.vocabulary is not None and src.vocabulary.source == "imdb"
+    assert src.train.ids is not None and src.train.texts is not None
+    # 1 starts a review, id = rank + 3, ids at or over num_words (10) are 2; "<br />" is the
+    # word "br" and "isn't" one word, as in Keras' IMDB data
+    assert src.train.ids == [[1, 5, 6, 8, 7, 9, 2], [1, 2, 2, 2]]
+    assert src.train.labels.tolist() == [1, 0]
+    # the same encoding reaches predict: raw text gets the ids the run trained on
+    assert src.vocabulary.ids(src.train.texts[0]) == src.train.ids[0]
+    # data.word_index wins over the file next to the path; all words kept with num_words=None
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"dull": 1}))
+    src = datasets.load_imdb(imdb(archive, word_index=str(other)), None, 5, "pre", "pre")
+    assert src.vocabulary is not None and src.vocabulary.num_words == 5
+    assert src.train.ids == [[1, 2, 2, 2, 2, 2, 2], [1, 4, 2, 2]]
+    fold = next(datasets.folds(src, imdb(archive), 0, num_words=None, maxlen=5))
+    assert fold.x_test.tolist() == [[2, 2, 2, 2, 2], [0, 1, 4, 2, 2]]  # truncating "pre"
+
+
+def test_pos_neg_archive_for_text_files(tmp_path: Path) -> None:
+    write_pos_neg(tmp_path / "src", n=40)
+    archive = tar_up(tmp_path / "src", tmp_path / "rt.tar.gz", prefix="rt-polarity")
+    src = datasets.load_text_files(spec(path=str(archive)))
+    loose = datasets.load_text_files(spec(path=str(tmp_path / "src")))
+    assert src.test is None and src.train.texts == loose.train.texts
+    assert src.train.labels.tolist() == loose.train.labels.tolist()
+
+
+def test_archive_without_reviews_says_what_it_expects(tmp_path: Path) -> None:
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "notes.txt").write_text("hello")
+    archive = tar_up(tmp_path / "src", tmp_path / "x.tar.gz")
+    with pytest.raises(ModelError, match=r"no aclImdb reviews in this archive \(1 files"):
+        datasets.load_imdb(imdb(archive), 100, 10, "pre", "pre")
+    with pytest.raises(ModelError, match=r"found no reviews there"):
+        datasets.load_text_files(spec(path=str(archive)))
+    with pytest.raises(ModelError, match=r"not an aclImdb tree"):
+        datasets.load_imdb(imdb(tmp_path / "src"), 100, 10, "pre", "pre")
+
+
+@pytest.mark.parametrize("damage", ["truncated_xz", "truncated_gz", "garbage"])
+def test_a_damaged_archive_is_one_clear_error(tmp_path: Path, damage: str) -> None:
+    tree = write_acl_tree(tmp_path / "src" / "aclImdb", n=30)
+    if damage == "garbage":
+        path = tmp_path / "aclImdb_v1.tar.gz"
+        path.write_bytes(b"\x1f\x8b" + bytes(range(256)) * 8)
+    else:
+        full = tar_up(tree, tmp_path / ("full.tar.xz" if damage.endswith("xz") else "full.tar.gz"))
+        path = tmp_path / ("aclImdb.tar.xz" if damage.endswith("xz") else "aclImdb_v1.tar.gz")
+        raw = full.read_bytes()
+        path.write_bytes(raw[: len(raw) // 2])
+    for load in (lambda: datasets.load_imdb(imdb(path), 100, 10, "pre", "pre"),
+                 lambda: datasets.load_text_files(spec(path=str(path)))):
+        with pytest.raises(ModelError, match=rf"data.path={path}: not a readable archive \(.+\)"):
+            load()
+
+
+def test_client_side_checks_need_no_numpy_and_no_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from runner.errors import UserError
+    from runner.models.sentiment_cnn import SentimentCNN, SentimentCNNConfig
+    from runner.models.sentiment_cnn import spec as data_spec
+
+    assert datasets.parse_spec is data_spec.parse_spec and datasets.SOURCES is data_spec.SOURCES
+    # on the client the path need not exist (it may be target:/... or staged later)
+    assert data_spec.parse_spec({"name": "imdb", "path": "/not/here"}, on_target=False).path == "/not/here"
+    model = SentimentCNN(SentimentCNNConfig())
+    with pytest.raises(UserError) as e:
+        model.validate(tmp_path, {"name": "imdb", "colums": 1})
+    assert e.value.message == "data.colums is not a key of data=imdb for sentiment_cnn."
+    assert e.value.hints[0].startswith("valid keys: cv_folds, max_samples, name, path")
+    # a relative path stays as the user wrote it (the core resolves and ships it); the word
+    # index lying next to it becomes data.word_index so that it ships too
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "imdb").mkdir()
+    (tmp_path / "imdb" / "aclImdb.tar.xz").write_bytes(b"")
+    data: dict[str, object] = {"name": "imdb", "path": "imdb/aclImdb.tar.xz"}
+    model.validate(tmp_path, data)
+    assert data == {"name": "imdb", "path": "imdb/aclImdb.tar.xz"}
+    (tmp_path / "imdb" / "imdb_word_index.json").write_text("{}")
+    model.validate(tmp_path, data)
+    assert data == {"name": "imdb", "path": "imdb/aclImdb.tar.xz",
+                    "word_index": "imdb/imdb_word_index.json"}
+    on_host = {"name": "imdb", "path": "target:/data/imdb/aclImdb.tar.xz"}
+    model.validate(tmp_path, on_host)
+    assert "word_index" not in on_host
+    assert SentimentCNN.data_paths == {"path": "any", "word_index": "file"}
+
+
+SHARED_IMDB = Path(__file__).resolve().parents[2] / "shared" / "data" / "imdb"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (SHARED_IMDB / "aclImdb.tar.xz").is_file(), reason="no shared IMDB archive")
+def test_the_real_aclimdb_archive_with_its_word_index() -> None:
+    import time
+
+    t0 = time.perf_counter()
+    src = datasets.load_imdb(imdb(SHARED_IMDB / "aclImdb.tar.xz"), 5000, 400, "pre", "pre")
+    seconds = time.perf_counter() - t0
+    assert src.test is not None and src.train.ids is not None and src.test.ids is not None
+    assert (len(src.train), len(src.test)) == (25000, 25000)
+    assert int(src.train.labels.sum()) == int(src.test.labels.sum()) == 12500
+    assert src.vocabulary is not None and src.vocabulary.source == "imdb"
+    ids = [i for s in src.train.ids for i in s]
+    assert max(ids) == 4999 and min(ids) == 1
+    assert ids.count(2) / len(ids) < 0.12  # most words are among the 5000 most frequent
+    print(f"read and encoded 50,000 reviews in {seconds:.1f} s")

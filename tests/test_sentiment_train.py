@@ -151,7 +151,9 @@ def test_a_relative_data_path_is_taken_from_where_the_user_stands(proj: Path, tm
     assert res.returncode == 0, res.stderr
     rec = Store(proj / ".runner").list(limit=1)[0]
     request = json.loads((rec.run_dir / "request.json").read_text())
-    assert request["data"]["path"] == str((proj / "reviews").resolve())
+    assert request["data"]["path"] == "reviews"  # as given; the runner resolved and recorded it
+    (given,) = [d for d in request["data_inputs"] if d["key"] == "path"]
+    assert given["source"] == str((proj / "reviews").resolve()) and given["kind"] == "dir"
     runner(["cancel", rec.id], proj, tmp_path / "cache")
 
 
@@ -186,3 +188,50 @@ def test_runner_help_and_plugins_do_not_import_tensorflow(tmp_path: Path) -> Non
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                          cwd=tmp_path)
     assert "HEAVY []" in out.stdout, out.stdout + out.stderr
+
+
+def test_imdb_archive_with_word_index_trains_and_predicts(proj: Path, tmp_path: Path) -> None:
+    """data=imdb data.path=aclImdb.tar.xz: the archive is read as it lies, the word index
+    beside it goes with the run (data.word_index), and predict encodes raw text the same way."""
+    from tests.test_sentiment_data import tar_up, write_acl_tree
+
+    tree = write_acl_tree(tmp_path / "src" / "aclImdb", n=150)
+    (tmp_path / "imdb").mkdir()
+    archive = tar_up(tree, tmp_path / "imdb" / "aclImdb.tar.xz")
+    words = sorted({w for f in tree.rglob("*.txt") for w in f.read_text().lower().replace(
+        "<br />", " br ").replace(".", " ").replace("!", " ").split()})
+    (tmp_path / "imdb" / "imdb_word_index.json").write_text(
+        json.dumps({w: i + 1 for i, w in enumerate(words)}))
+    res = runner(["submit", "model=sentiment_cnn", "data=imdb", f"data.path={archive}", *SMALL],
+                 proj, tmp_path / "cache")
+    assert res.returncode == 0, res.stdout + res.stderr
+    run_dir = only_run(proj)
+    request = json.loads((run_dir / "request.json").read_text())
+    assert request["data"]["word_index"] == str(tmp_path / "imdb" / "imdb_word_index.json")
+    assert metrics(run_dir)["test_accuracy"][0][1] >= 0.8
+    worker = json.loads((run_dir / "worker.json").read_text())
+    assert worker["meta"]["dataset"]["train"] == 300 and worker["meta"]["dataset"]["test"] == 300
+    assert worker["meta"]["dataset"]["encoding"] == "IMDB word index"
+    from runner.models.sentiment_cnn import SentimentCNN
+
+    good, bad = SentimentCNN.predict(run_dir / "outputs", ["Superb, brilliant!", "Tedious; dismal."])
+    assert good > 0.5 > bad
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+@pytest.mark.parametrize("bucket", [False, True])
+def test_other_keras_backends(proj: Path, tmp_path: Path, backend: str, bucket: bool) -> None:
+    """model.keras_backend=jax|torch where that framework is installed (not in the project's
+    extras: these skip unless the interpreter has it)."""
+    pytest.importorskip(backend)
+    data = write_pos_neg(tmp_path / "data", n=300)
+    res = runner(["submit", "model=sentiment_cnn", "data=text_files", f"data.path={data}", *SMALL,
+                  f"model.keras_backend={backend}", f"model.bucket_by_length={str(bucket).lower()}"],
+                 proj, tmp_path / "cache", timeout=400)
+    assert res.returncode == 0, res.stdout + res.stderr
+    run_dir = only_run(proj)
+    device = json.loads((run_dir / "worker.json").read_text())["meta"]["device"]
+    assert device["framework"] == backend and device["keras_backend"] == backend
+    assert metrics(run_dir)["test_accuracy"][0][1] >= 0.8
+    assert (run_dir / "outputs" / "model.keras").stat().st_size > 0

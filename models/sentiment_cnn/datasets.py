@@ -1,8 +1,10 @@
-"""The data a sentiment CNN trains on: IMDB through Keras, or raw labelled reviews.
+"""The data a sentiment CNN trains on: IMDB (Keras' ``imdb.npz``, the aclImdb archive or tree,
+or the Keras cache), or raw labelled reviews.
 
-``ctx.data`` is a plain dict (the composed ``data`` config). :func:`parse_spec` checks it
-against the keys each data source knows; :func:`folds` turns it into the splits one or more
-trainings use, with token ids ready for the network. Splits depend only on the seed.
+``ctx.data`` is a plain dict (the composed ``data`` config). :func:`parse_spec` (from
+:mod:`.spec`) checks it against the keys each data source knows; :func:`folds` turns it into
+the splits one or more trainings use, with token ids ready for the network. Splits depend only
+on the seed.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import csv
 import json
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,74 +20,23 @@ from typing import Any
 import numpy as np
 
 from runner.model import ModelError
+from runner.models.sentiment_cnn import reviews
+from runner.models.sentiment_cnn.spec import (
+    COMMON,
+    FORMATS,
+    SOURCES,
+    WORD_INDEX_FILE,
+    DataError,
+    DataSpec,
+    parse_spec,
+)
 from runner.models.sentiment_cnn.vocab import Vocabulary, fit_length
 
-# The keys each data source accepts; every source also takes the COMMON ones.
-COMMON = {"name", "path", "val_split", "cv_folds", "max_samples"}
-SOURCES: dict[str, set[str]] = {
-    "imdb": {"word_index"},
-    "text_files": {"format", "test_split", "text_column", "label_column"},
-}
-FORMATS = ("auto", "pos_neg", "aclimdb", "csv")
+__all__ = ["COMMON", "FORMATS", "SOURCES", "DataError", "DataSpec", "Fold", "Labelled", "Source",
+           "fit_length", "folds", "load_imdb", "load_text_files", "parse_spec"]
+
 _POS = {"1", "pos", "positive", "true", "yes", "+"}
 _NEG = {"0", "neg", "negative", "false", "no", "-"}
-
-
-@dataclass(frozen=True)
-class DataSpec:
-    """The validated data config."""
-
-    name: str
-    path: str | None = None  # a file or folder; None = the source's default (IMDB: Keras cache)
-    val_split: float = 0.0  # fraction of the training split held out; 0 = validate on the test split
-    cv_folds: int = 0  # K > 1: K-fold cross-validation instead of one train/test split
-    max_samples: int | None = None  # use at most this many training reviews (quick runs)
-    test_split: float = 0.1  # text_files without a test split: fraction held out for test
-    format: str = "auto"  # text_files: auto | pos_neg | aclimdb | csv
-    text_column: str = "text"  # text_files CSV/TSV: the column with the review
-    label_column: str = "label"  # text_files CSV/TSV: the column with 1/0, pos/neg, ...
-    word_index: str | None = None  # imdb: imdb_word_index.json (for predict); None = next to path, else Keras cache
-
-
-def parse_spec(data: Mapping[str, Any]) -> DataSpec:
-    """Check the ``data`` config; raise :class:`ModelError` naming the bad key and the valid ones."""
-    name = data.get("name")
-    if name not in SOURCES:
-        raise ModelError(
-            f"data.name={name!r} is not a data source of sentiment_cnn; "
-            f"valid: {', '.join(sorted(SOURCES))} (data=imdb or data=text_files data.path=DIR)"
-        )
-    valid = COMMON | SOURCES[name]
-    unknown = sorted(set(data) - valid)
-    if unknown:
-        raise ModelError(
-            f"data.{unknown[0]} is not a key of data={name} for sentiment_cnn; "
-            f"valid keys: {', '.join(sorted(valid))}"
-        )
-    spec = DataSpec(**{k: v for k, v in data.items() if v is not None or k == "path"})
-
-    def bad(key: str, why: str) -> ModelError:
-        return ModelError(f"data.{key}={getattr(spec, key)!r}: {why}")
-
-    if not isinstance(spec.val_split, int | float) or not 0 <= spec.val_split < 1:
-        raise bad("val_split", "must be a fraction in [0, 1)")
-    if not isinstance(spec.test_split, int | float) or not 0 < spec.test_split < 1:
-        raise bad("test_split", "must be a fraction in (0, 1)")
-    if not isinstance(spec.cv_folds, int) or spec.cv_folds < 0 or spec.cv_folds == 1:
-        raise bad("cv_folds", "must be 0 (off) or an integer >= 2")
-    if spec.max_samples is not None and (not isinstance(spec.max_samples, int) or spec.max_samples < 2):
-        raise bad("max_samples", "must be null or an integer >= 2")
-    if spec.format not in FORMATS:
-        raise bad("format", f"valid: {', '.join(FORMATS)}")
-    if name == "text_files":
-        if not spec.path:
-            raise ModelError("data=text_files needs data.path: a folder or file of labelled reviews "
-                             "(*.pos/*.neg, an aclImdb tree, or CSV/TSV)")
-        if not Path(spec.path).expanduser().exists():
-            raise bad("path", "no such file or folder on the target")
-    elif spec.path and not Path(spec.path).expanduser().is_file():
-        raise bad("path", "no such file on the target (an IMDB-format imdb.npz is expected)")
-    return spec
 
 
 # -- raw reviews -------------------------------------------------------------------------------
@@ -120,13 +71,8 @@ class Source:
     facts: dict[str, Any] = field(default_factory=dict)
 
 
-def _read_lines(path: Path) -> list[str]:
-    raw = path.read_bytes()
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:  # rt-polarity and other older corpora are Latin-1
-        text = raw.decode("latin-1")
-    return [ln.strip() for ln in text.splitlines() if ln.strip()]
+def _labelled(part: reviews.Texts) -> Labelled:
+    return Labelled(labels=np.array(part.labels, dtype="int32"), texts=part.texts)
 
 
 def _label(value: str, where: str) -> int:
@@ -140,23 +86,12 @@ def _label(value: str, where: str) -> int:
 
 
 def _from_pos_neg(files: list[Path]) -> Labelled:
-    texts: list[str] = []
-    labels: list[int] = []
+    part = reviews.Texts()
     for f in sorted(files):
-        lines = _read_lines(f)
-        texts += lines
-        labels += [1 if f.suffix == ".pos" else 0] * len(lines)
-    return Labelled(labels=np.array(labels, dtype="int32"), texts=texts)
-
-
-def _from_acl_dir(root: Path) -> Labelled:
-    texts: list[str] = []
-    labels: list[int] = []
-    for label, sub in ((1, "pos"), (0, "neg")):
-        for f in sorted((root / sub).glob("*.txt")):
-            texts.append(f.read_text(encoding="utf-8", errors="replace").strip())
-            labels.append(label)
-    return Labelled(labels=np.array(labels, dtype="int32"), texts=texts)
+        lines = reviews.lines(f.read_bytes())
+        part.texts += lines
+        part.labels += [1 if f.suffix == ".pos" else 0] * len(lines)
+    return _labelled(part)
 
 
 def _from_table(files: list[Path], spec: DataSpec) -> Labelled:
@@ -176,32 +111,56 @@ def _from_table(files: list[Path], spec: DataSpec) -> Labelled:
     return Labelled(labels=np.array(labels, dtype="int32"), texts=texts)
 
 
-def load_text_files(spec: DataSpec) -> Source:
-    """``*.pos``/``*.neg`` files, an aclImdb-style tree, or CSV/TSV files."""
-    path = Path(str(spec.path)).expanduser()
-    files = [path] if path.is_file() else sorted(p for p in path.iterdir() if p.is_file())
-    pos_neg = [f for f in files if f.suffix in (".pos", ".neg")]
-    if path.is_file() and path.suffix in (".pos", ".neg"):  # one file given: take its twin too
-        pos_neg = [f for f in (path.with_suffix(".pos"), path.with_suffix(".neg")) if f.is_file()]
-    tables = [f for f in files if f.suffix.lower() in (".csv", ".tsv")]
-    acl = path.is_dir() and (path / "train" / "pos").is_dir() and (path / "train" / "neg").is_dir()
+def _acl_splits(splits: dict[str, reviews.Texts]) -> tuple[Labelled, Labelled | None]:
+    test = splits.get("test")
+    return _labelled(splits["train"]), None if test is None or not len(test) else _labelled(test)
+
+
+def _no_reviews(spec: DataSpec, fmt: str) -> ModelError:
+    return ModelError(
+        f"data.path={spec.path}: found no {'reviews' if fmt in ('', 'auto') else fmt + ' data'} "
+        "there; expected *.pos/*.neg files (one review per line), an aclImdb-style tree "
+        "(train/pos, train/neg, optional test/...) or a .tar.gz/.tar.xz archive of either, "
+        f"or .csv/.tsv files with '{spec.text_column}' and '{spec.label_column}' columns"
+    )
+
+
+def _text_archive(path: Path, spec: DataSpec) -> tuple[str, Labelled, Labelled | None]:
+    found = reviews.read_archive(path)
     fmt = spec.format
     if fmt == "auto":
-        fmt = "aclimdb" if acl else "pos_neg" if pos_neg else "csv" if tables else ""
-    if fmt == "aclimdb" and acl:
-        train = _from_acl_dir(path / "train")
-        test = _from_acl_dir(path / "test") if (path / "test" / "pos").is_dir() else None
-    elif fmt == "pos_neg" and pos_neg:
-        train, test = _from_pos_neg(pos_neg), None
-    elif fmt == "csv" and tables:
-        train, test = _from_table(tables, spec), None
+        fmt = "aclimdb" if "train" in found.acl else "pos_neg" if len(found.pos_neg) else ""
+    if fmt == "aclimdb" and "train" in found.acl:
+        return fmt, *_acl_splits(found.acl)
+    if fmt == "pos_neg" and len(found.pos_neg):
+        return fmt, _labelled(found.pos_neg), None
+    raise _no_reviews(spec, fmt)
+
+
+def load_text_files(spec: DataSpec) -> Source:
+    """``*.pos``/``*.neg`` files, an aclImdb-style tree, CSV/TSV files, or a tar archive of
+    an aclImdb tree or of ``*.pos``/``*.neg`` files."""
+    path = Path(str(spec.path)).expanduser()
+    if path.is_file() and reviews.is_archive(path):
+        fmt, train, test = _text_archive(path, spec)
     else:
-        raise ModelError(
-            f"data.path={spec.path}: found no {'reviews' if fmt in ('', 'auto') else fmt + ' data'} "
-            "there; expected *.pos/*.neg files (one review per line), an aclImdb-style tree "
-            "(train/pos, train/neg, optional test/...), or .csv/.tsv files with "
-            f"'{spec.text_column}' and '{spec.label_column}' columns"
-        )
+        files = [path] if path.is_file() else sorted(p for p in path.iterdir() if p.is_file())
+        pos_neg = [f for f in files if f.suffix in (".pos", ".neg")]
+        if path.is_file() and path.suffix in (".pos", ".neg"):  # one file given: take its twin too
+            pos_neg = [f for f in (path.with_suffix(".pos"), path.with_suffix(".neg")) if f.is_file()]
+        tables = [f for f in files if f.suffix.lower() in (".csv", ".tsv")]
+        acl = reviews.acl_root(path) if path.is_dir() else None
+        fmt = spec.format
+        if fmt == "auto":
+            fmt = "aclimdb" if acl else "pos_neg" if pos_neg else "csv" if tables else ""
+        if fmt == "aclimdb" and acl:
+            train, test = _acl_splits(reviews.read_acl_tree(acl))
+        elif fmt == "pos_neg" and pos_neg:
+            train, test = _from_pos_neg(pos_neg), None
+        elif fmt == "csv" and tables:
+            train, test = _from_table(tables, spec), None
+        else:
+            raise _no_reviews(spec, fmt)
     for part, what in ((train, "training"), (test, "test")):
         if part is not None and len(set(part.labels.tolist())) < 2:
             raise ModelError(f"data.path={spec.path}: the {what} reviews are all of one class; "
@@ -235,6 +194,10 @@ def _imdb_from_file(path: Path, num_words: int) -> tuple[Labelled, Labelled]:
     return out[0], out[1]
 
 
+def _keras_home() -> str:
+    return os.environ.get("KERAS_HOME", "~/.keras")
+
+
 def _imdb_from_keras(num_words: int | None) -> tuple[Labelled, Labelled]:
     # keras.datasets.imdb downloads into the Keras cache when the file is not there yet
     from keras.datasets import imdb
@@ -242,26 +205,38 @@ def _imdb_from_keras(num_words: int | None) -> tuple[Labelled, Labelled]:
     try:
         (xtr, ytr), (xte, yte) = imdb.load_data(num_words=num_words)
     except Exception as e:
-        home = os.environ.get("KERAS_HOME", "~/.keras")
         raise ModelError(
-            f"data=imdb: imdb.npz is not in the Keras cache ({home}/datasets) and downloading "
-            f"it failed ({str(e).splitlines()[0][:160]}); point at local data: "
-            "data.path=/path/to/imdb.npz, or raw reviews: data=text_files data.path=DIR"
+            f"data=imdb: imdb.npz is not in the Keras cache ({_keras_home()}/datasets) and "
+            f"downloading it failed ({str(e).splitlines()[0][:160]}). Give the run local data: "
+            "data.path=/path/to/imdb.npz, an aclImdb_v1.tar.gz / aclImdb.tar.xz archive or an "
+            "aclImdb/ tree (the runner ships it to the target); data already on the target host: "
+            "data.path=target:/path/on/host; or a target cache volume that holds the Keras cache "
+            "(Docker targets: cache_volume, mounted at /runner/cache with "
+            "KERAS_HOME=/runner/cache/keras). Raw reviews: data=text_files data.path=DIR"
         ) from None
     return (Labelled(labels=np.asarray(ytr, dtype="int32"), ids=[list(x) for x in xtr]),
             Labelled(labels=np.asarray(yte, dtype="int32"), ids=[list(x) for x in xte]))
 
 
-def _imdb_word_index(spec: DataSpec) -> dict[str, int] | None:
-    """The word -> rank map of IMDB, needed to score raw text later; None when unavailable."""
+def _imdb_word_index(spec: DataSpec, *, download: bool) -> dict[str, int] | None:
+    """The word -> rank map of IMDB: ``data.word_index``, else the file next to
+    ``data.path``, else the Keras cache (downloaded into it when ``download``); None when
+    none is to be had."""
     candidates = [Path(spec.word_index).expanduser()] if spec.word_index else []
     if spec.path and not spec.word_index:
-        candidates.append(Path(spec.path).expanduser().parent / "imdb_word_index.json")
+        candidates.append(Path(spec.path).expanduser().parent / WORD_INDEX_FILE)
     for c in candidates:
         if c.is_file():
-            return {str(k): int(v) for k, v in json.loads(c.read_text()).items()}
+            try:
+                return {str(k): int(v) for k, v in json.loads(c.read_text()).items()}
+            except (ValueError, AttributeError, TypeError) as e:
+                raise ModelError(f"{c}: not an IMDB word index (a JSON object of word -> "
+                                 f"rank): {e}") from None
     if spec.word_index:
         raise ModelError(f"data.word_index={spec.word_index}: no such file on the target")
+    cached = Path(_keras_home()).expanduser() / "datasets" / WORD_INDEX_FILE
+    if not download and not cached.is_file():
+        return None
     try:
         # the Keras cache (a download when missing); predict needs it, training does not
         from keras.datasets import imdb
@@ -271,17 +246,58 @@ def _imdb_word_index(spec: DataSpec) -> dict[str, int] | None:
         return None
 
 
+def _imdb_text(path: Path) -> tuple[str, Labelled, Labelled | None]:
+    """The reviews of an aclImdb archive or tree, as text."""
+    if path.is_dir():
+        root = reviews.acl_root(path)
+        if root is None:
+            raise ModelError(f"data.path={path}: not an aclImdb tree (no train/pos and train/neg "
+                             "folders in it, nor in an aclImdb/ folder in it)")
+        return "aclImdb tree", *_acl_splits(reviews.read_acl_tree(root))
+    found = reviews.read_archive(path)
+    if "train" not in found.acl:
+        raise ModelError(f"data.path={path}: no aclImdb reviews in this archive "
+                         f"({found.members} files, none named [aclImdb/]train/{{pos,neg}}/*.txt)")
+    return "aclImdb archive", *_acl_splits(found.acl)
+
+
+def _is_npz(path: Path) -> bool:
+    with path.open("rb") as f:
+        return f.read(4) == b"PK\x03\x04"  # a zip file, as every .npz is
+
+
 def load_imdb(spec: DataSpec, num_words: int | None, maxlen: int, padding: str,
               truncating: str) -> Source:
-    if spec.path:
-        train, test = _imdb_from_file(Path(spec.path).expanduser(), num_words or 2**31)
+    """IMDB from ``data.path`` (Keras' ``imdb.npz``, an aclImdb archive or an aclImdb tree),
+    else from the Keras cache. Text is encoded with the IMDB word index when there is one,
+    exactly as ``imdb.npz`` encodes it; without one, a vocabulary is built from the training
+    reviews."""
+    path = Path(spec.path).expanduser() if spec.path else None
+    if path is not None and (path.is_dir() or not _is_npz(path)):
+        kind, train_text, test_text = _imdb_text(path)
+        index = _imdb_word_index(spec, download=False)
+        describe = f"imdb ({kind} {path})"
+        if index is None:  # text without the index: a vocabulary from the training reviews
+            return Source(train=train_text, test=test_text, describe=describe,
+                          facts={"encoding": "vocabulary built from the training reviews"})
+        if num_words is None:
+            num_words = max(index.values(), default=0) + 4
+        vocab = Vocabulary.from_imdb_index(index, num_words=num_words, maxlen=maxlen,
+                                           padding=padding, truncating=truncating)
+        for part in (train_text, test_text):
+            if part is not None:
+                part.ids = [vocab.ids(t) for t in part.texts or []]
+        return Source(train=train_text, test=test_text, describe=describe, vocabulary=vocab,
+                      facts={"encoding": "IMDB word index"})
+    if path is not None:
+        train, test = _imdb_from_file(path, num_words or 2**31)
         where = str(spec.path)
     else:
         train, test = _imdb_from_keras(num_words)
         where = "Keras cache"
     if num_words is None:  # every word: the largest id sets the embedding's size
         num_words = 1 + max(max(s, default=0) for part in (train, test) for s in part.ids or [])
-    index = _imdb_word_index(spec)
+    index = _imdb_word_index(spec, download=True)
     vocab = Vocabulary.from_imdb_index(index, num_words=num_words, maxlen=maxlen, padding=padding,
                                        truncating=truncating)
     facts = {} if index is not None else {"warning": "no IMDB word index: predict will not work"}

@@ -3,15 +3,19 @@ so nothing heavy here)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from runner.errors import UserError
 from runner.model import Model, RunContext
+from runner.models.sentiment_cnn import spec as data_spec
 
 BACKENDS = ("tensorflow", "jax", "torch")
 OPTIMIZERS = ("adam", "adadelta", "rmsprop", "sgd")
+#: how a machine without the frameworks gets them (the extra ``predict`` and training need)
+INSTALL = "pip install 'runner[tf]' (from a checkout: pip install -e '.[tf]')"
 
 
 @dataclass
@@ -49,6 +53,8 @@ class SentimentCNN(Model):
     name = "sentiment_cnn"
     Config = SentimentCNNConfig
     requires = ("tensorflow", "keras>=3", "matplotlib")
+    #: data.path: imdb.npz, an aclImdb archive or tree, or text_files' file/folder/archive
+    data_paths: ClassVar[Mapping[str, str]] = {"path": "any", "word_index": "file"}
 
     config: SentimentCNNConfig
 
@@ -85,11 +91,9 @@ class SentimentCNN(Model):
              f"is not valid; valid: {', '.join(BACKENDS)}")
 
     def run(self, ctx: RunContext) -> int:
-        # NumPy-based loaders: imported on the target, inside a run, never with the plugin
-        from runner.models.sentiment_cnn import datasets
-
-        spec = datasets.parse_spec(ctx.data)  # a bad data key fails here, before Keras loads
-        # Keras and TensorFlow: only a run that trains pays for importing them
+        # the data paths here are the worker's in-target paths: their existence is checked now
+        spec = data_spec.parse_spec(ctx.data)  # a bad data key fails here, before NumPy loads
+        # Keras and the backend (and NumPy): only a run that trains pays for importing them
         from runner.models.sentiment_cnn import training
 
         return training.train(self.config, spec, ctx)
@@ -97,31 +101,35 @@ class SentimentCNN(Model):
     @classmethod
     def predict(cls, outputs_dir: Path, inputs: list[str]) -> list[float]:
         """A score in [0, 1] per review (1 = positive), encoded exactly as in training."""
-        # Keras and TensorFlow: only when scoring
-        from runner.models.sentiment_cnn import training
+        try:  # NumPy, Keras and its backend: only when scoring, and maybe not on this client
+            import numpy  # noqa: F401
 
+            from runner.models.sentiment_cnn import training
+        except ModuleNotFoundError as e:
+            raise UserError(missing_framework(e.name, "predict")) from None
         return training.predict(Path(outputs_dir), list(inputs))
 
 
-def _validate_data(data: dict[str, Any]) -> None:
-    """Check the data keys on the client and make a relative ``data.path`` absolute (the run
-    works in a snapshot of the project, not in the user's directory). Whether the path exists
-    is checked on the target, where the data must be."""
-    # the key tables live with the loaders; importing them costs NumPy (~0.1 s), not Keras
-    from runner.models.sentiment_cnn import datasets
+def missing_framework(module: str | None, what: str) -> str:
+    """One line: which module is missing for ``what``, and the install command."""
+    return (f"sentiment_cnn {what} needs NumPy, Keras and a Keras backend (TensorFlow, JAX or "
+            f"PyTorch), and '{module or '?'}' is not installed here: {INSTALL}")
 
-    name = data.get("name")
-    if name not in datasets.SOURCES:
-        raise UserError(f"data.name={name!r} is not a data source of sentiment_cnn.",
-                        f"valid: {', '.join(sorted(datasets.SOURCES))} "
-                        "(data=imdb, or data=text_files data.path=DIR)")
-    valid = datasets.COMMON | datasets.SOURCES[name]
-    unknown = sorted(set(data) - valid)
-    if unknown:
-        raise UserError(f"data.{unknown[0]} is not a key of data={name} for sentiment_cnn.",
-                        f"valid keys: {', '.join(sorted(valid))}")
-    path = data.get("path")
-    if isinstance(path, str) and path and not Path(path).expanduser().is_absolute():
-        local = Path.cwd() / path
-        if local.exists():
-            data["path"] = str(local.resolve())
+
+def _validate_data(data: dict[str, Any]) -> None:
+    """Check the data config on the client, without NumPy (a client may have no framework).
+    Paths are the core's: it resolves, checks and ships each key of ``data_paths``; whether
+    the data is readable is checked on the target. One addition: the IMDB word index lying
+    next to ``data.path`` here becomes ``data.word_index``, so that it travels too."""
+    try:
+        spec = data_spec.parse_spec(data, on_target=False)
+    except data_spec.DataError as e:
+        raise UserError(e.message + ".", e.hint) from None
+    path = spec.path
+    if spec.name != "imdb" or spec.word_index or not isinstance(path, str) or not path:
+        return
+    if path.startswith("target:"):  # on the target host already: the loader looks there
+        return
+    beside = Path(path).expanduser().parent / data_spec.WORD_INDEX_FILE
+    if (Path.cwd() / beside).is_file():
+        data["word_index"] = str(beside)

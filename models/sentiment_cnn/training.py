@@ -19,7 +19,7 @@ import numpy as np
 from runner.errors import UserError
 from runner.model import ModelError, RunContext
 from runner.models.sentiment_cnn import datasets
-from runner.models.sentiment_cnn.model import SentimentCNNConfig
+from runner.models.sentiment_cnn.model import SentimentCNNConfig, missing_framework
 from runner.models.sentiment_cnn.vocab import FILE_NAME as VOCAB_FILE
 from runner.models.sentiment_cnn.vocab import Vocabulary, fit_length
 
@@ -30,7 +30,10 @@ _EPOCH_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")
 
 
 def _keras(backend: str | None) -> Any:
-    """Import Keras on ``backend`` (None: whatever KERAS_BACKEND says, else tensorflow)."""
+    """Import Keras on ``backend`` (None: whatever KERAS_BACKEND says, else tensorflow).
+
+    Keras reads KERAS_BACKEND once, at its first import, so nothing here (nor in the loaders)
+    imports Keras or a framework before this runs."""
     if "keras" not in sys.modules:
         if backend:
             os.environ["KERAS_BACKEND"] = backend
@@ -38,10 +41,10 @@ def _keras(backend: str | None) -> Any:
             os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     try:
         import keras
-    except ImportError as e:
-        raise ModelError(f"Keras is not installed where this runs ({e}); "
-                         "install the runner's tf extra: pip install 'runner[tf]'") from None
-    except Exception as e:  # a backend that is not installed fails inside Keras' import
+    except ModuleNotFoundError as e:  # Keras, or the backend it was asked for
+        raise ModelError(missing_framework(e.name, "training")
+                         + f" (KERAS_BACKEND={os.environ.get('KERAS_BACKEND')})") from None
+    except Exception as e:  # a backend that is installed but broken fails inside Keras' import
         raise ModelError(f"cannot import Keras with backend {os.environ.get('KERAS_BACKEND')!r}: "
                          f"{e}; valid: tensorflow, jax, torch (whichever is installed)") from None
     if backend and keras.backend.backend() != backend:
@@ -134,12 +137,14 @@ def build(keras: Any, c: SentimentCNNConfig, num_words: int, seq_len: int | None
     return model
 
 
-def _bucketed(x_ids: list[list[int]], y: np.ndarray, c: SentimentCNNConfig, seed: int) -> Any:
+def _bucketed(keras: Any, x_ids: list[list[int]], y: np.ndarray, c: SentimentCNNConfig,
+              seed: int) -> Any:
     """Training batches of reviews of similar length, each padded only to its longest review
     (at least the widest filter), reshuffled every epoch. Truncation is the same as
-    :func:`fit_length` at ``maxlen``, so long reviews keep the same tokens as without buckets."""
-    import tensorflow as tf  # tf.data carries batches whose length varies
+    :func:`fit_length` at ``maxlen``, so long reviews keep the same tokens as without buckets.
 
+    TensorFlow gets a ``tf.data`` pipeline with a free length; JAX and PyTorch a Keras
+    ``PyDataset``, its widths rounded up to a multiple of 16 (JAX compiles once per shape)."""
     keep = (lambda s: s[-c.maxlen:]) if c.truncating == "pre" else (lambda s: s[: c.maxlen])
     seqs = [keep(s) for s in x_ids]
     lengths = np.array([len(s) for s in seqs], dtype="float64")
@@ -147,15 +152,42 @@ def _bucketed(x_ids: list[list[int]], y: np.ndarray, c: SentimentCNNConfig, seed
     rng = np.random.RandomState(seed % (2**32))
     floor = max(c.kernel_sizes)
     n_batches = math.ceil(len(seqs) / c.batch_size)
+    backend = keras.backend.backend()
+    step = 1 if backend == "tensorflow" else 16
 
-    def batches() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    def epoch() -> list[np.ndarray]:
         # a little noise in the sort key: batches differ from epoch to epoch
         order = np.argsort(lengths + rng.uniform(0, 3, len(lengths)), kind="stable")
         chunks = [order[i:i + c.batch_size] for i in range(0, len(order), c.batch_size)]
-        for j in rng.permutation(len(chunks)):
-            idx = chunks[j]
-            width = max(floor, int(lengths[idx].max()))
-            yield fit_length([seqs[i] for i in idx], width, c.padding, c.truncating), labels[idx]
+        return [chunks[j] for j in rng.permutation(len(chunks))]
+
+    def batch(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        width = max(floor, int(lengths[idx].max()))
+        width = min(max(c.maxlen, floor), -(-width // step) * step)
+        return fit_length([seqs[i] for i in idx], width, c.padding, c.truncating), labels[idx]
+
+    if backend != "tensorflow":
+        class Buckets(keras.utils.PyDataset):  # type: ignore[name-defined,misc]
+            def __init__(self) -> None:
+                super().__init__()
+                self.chunks = epoch()
+
+            def __len__(self) -> int:
+                return n_batches
+
+            def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+                return batch(self.chunks[i])
+
+            def on_epoch_end(self) -> None:
+                self.chunks = epoch()
+
+        return Buckets()
+
+    import tensorflow as tf  # tf.data carries batches whose length varies
+
+    def batches() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        for idx in epoch():
+            yield batch(idx)
 
     ds = tf.data.Dataset.from_generator(batches, output_signature=(
         tf.TensorSpec((None, None), tf.int32), tf.TensorSpec((None,), tf.float32)))
@@ -229,7 +261,7 @@ def train(c: SentimentCNNConfig, spec: datasets.DataSpec, ctx: RunContext) -> in
         step0 = (fold.number - 1) * c.epochs if fold.number else 0
         recorder = _recorder(keras, ctx, sizes["train"], step0, history)
         if c.bucket_by_length:
-            model.fit(_bucketed(fold.x_train, fold.y_train, c, ctx.seed + fold.number),
+            model.fit(_bucketed(keras, fold.x_train, fold.y_train, c, ctx.seed + fold.number),
                       epochs=c.epochs, validation_data=(fold.x_val, fold.y_val), shuffle=False,
                       callbacks=[recorder], verbose=c.verbose)  # the batches come shuffled
         else:
@@ -318,7 +350,10 @@ def predict(outputs_dir: Path, inputs: list[str]) -> list[float]:
                         "(or that file next to data.path).")
     if not inputs:
         return []
-    keras = _keras(None)
+    try:
+        keras = _keras(None)
+    except ModelError as e:  # on the client, where a missing framework is the user's to fix
+        raise UserError(str(e)) from None
     model = keras.saving.load_model(outputs_dir / MODEL_FILE)
     scores = model.predict(vocab.encode(inputs), batch_size=256, verbose=0)
     return [float(s) for s in np.asarray(scores)[:, 0]]

@@ -23,11 +23,22 @@ FILE_NAME = "vocabulary.json"
 PAD = 0
 _TAG = re.compile(r"<[^>]{0,40}>")  # IMDB reviews carry <br /> tags
 _TOKEN = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
+# Keras' text_to_word_sequence: these characters become spaces, then the text splits on spaces.
+# The IMDB word index was made this way: "<br />" became the word "br" (rank 7), "isn't" and
+# "'the" are words of their own. A word is a run of any other characters (findall is the
+# fastest way to it in Python).
+_KERAS_WORD = re.compile("[^" + re.escape('!"#$%&()*+,-./:;<=>?@[\\]^_`{|}~\t\n') + " ]+")
 
 
 def tokenize(text: str) -> list[str]:
     """Lower-cased words and numbers; HTML tags and punctuation dropped."""
     return _TOKEN.findall(_TAG.sub(" ", text.lower()))
+
+
+def keras_tokenize(text: str) -> list[str]:
+    """Words as Keras' IMDB data has them: lower-cased, Keras' punctuation filters replaced
+    by spaces, split on spaces (the encoding behind ``imdb.npz`` and its word index)."""
+    return _KERAS_WORD.findall(text.lower())
 
 
 @dataclass
@@ -77,9 +88,12 @@ class Vocabulary:
                    info={"word_index": word_index is not None})
 
     def ids(self, text: str) -> list[int]:
-        """The ids of one text, before padding/truncation."""
+        """The ids of one text, before padding/truncation. IMDB vocabularies split text the
+        way Keras' IMDB data was split, so raw text gets the ids ``imdb.npz`` would hold."""
         head = [] if self.start_id is None else [self.start_id]
-        return head + [self.words.get(w, self.oov_id) for w in tokenize(text)]
+        words = keras_tokenize(text) if self.source == "imdb" else tokenize(text)
+        get, oov = self.words.get, self.oov_id
+        return head + [get(w, oov) for w in words]
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         """Texts -> an int32 array of shape (len(texts), maxlen), as the model was trained."""
