@@ -794,11 +794,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     scores = model_cls.predict(rd.outputs, inputs)
     for score, text in zip(scores, inputs, strict=True):
         shown = text if len(text) <= 70 else text[:67] + "..."
-        if isinstance(score, float):
-            label = "positive" if score >= 0.5 else "negative"
-            print(f"{score:.4f}  {label:8}  {shown}")
-        else:
-            print(f"{score}  {shown}")
+        print(f"{model_cls.format_prediction(score)}  {shown}")
     return 0
 
 

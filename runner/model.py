@@ -90,6 +90,12 @@ class Model(ABC):
 
         raise UserError(f"model '{cls.name}' does not support predict.")
 
+    @classmethod
+    def format_prediction(cls, value: Any) -> str:
+        """One prediction as ``runner predict`` prints it before its input (models that know
+        what their numbers mean say so: a score and a label)."""
+        return f"{value:.4f}" if isinstance(value, float) else str(value)
+
     @abstractmethod
     def run(self, ctx: RunContext) -> int:
         """Train/evaluate/run. Return the exit code (0 = success).

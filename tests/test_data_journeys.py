@@ -214,6 +214,8 @@ def test_the_lab_journey_on_the_local_target(project: Path, tmp_path: Path) -> N
     pred = run_cli("predict", seen["relative"], "a wonderful moving film", cwd=project, timeout=120)
     assert pred.returncode == 0, pred.stderr
     assert "a wonderful moving film" in pred.stdout
+    score, label = pred.stdout.split()[:2]  # the model says what its number means
+    assert 0 <= float(score) <= 1 and label in ("positive", "negative")
 
 
 def test_data_inside_the_project_travels_as_data_not_again_as_code(proj: Path) -> None:

@@ -99,6 +99,11 @@ class SentimentCNN(Model):
         return training.train(self.config, spec, ctx)
 
     @classmethod
+    def format_prediction(cls, value: Any) -> str:
+        """``0.9731  positive``: the score and what it means (1 = positive)."""
+        return f"{float(value):.4f}  {'positive' if float(value) >= 0.5 else 'negative':8}"
+
+    @classmethod
     def predict(cls, outputs_dir: Path, inputs: list[str]) -> list[float]:
         """A score in [0, 1] per review (1 = positive), encoded exactly as in training."""
         try:  # NumPy, Keras and its backend: only when scoring, and maybe not on this client
