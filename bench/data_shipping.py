@@ -2,7 +2,7 @@
 `rsync -a` and `scp -r` of the same folder to the same host (same ssh_config).
 
 Datasets: MR (rt-polarity, 2 files, 1.2 MB, read in place) and the IMDB tree (aclImdb.tar.xz
-unpacked into a temporary folder: 50,000 files, 207 MB). For each, with a fresh work dir on
+unpacked into a temporary folder: 50,007 files, 69.7 MB of content, 207 MB on disk). For each, with a fresh work dir on
 the host:
 
   first     runner submit ... data.path=DATA (client hashing + shipping by content + start)
@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 
 PY = sys.executable
-SHARED = Path("/work/shared/data")
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 JOB = """\
 import os, runner
 p = runner.data_path()
