@@ -19,6 +19,7 @@ from runner.backend import Backend, BackendConfig, Prepared, RunHandle, RunSpec,
 from runner.bundle import cache_root, worker_bundle
 from runner.environment import env_inputs, env_key, explain_miss
 from runner.errors import UserError
+from runner.request import DATA_DIR_ENV
 from runner.rundir import LocalDirHandleMixin, RunDir, lost_or_cancelled
 
 
@@ -213,6 +214,9 @@ class LocalBackend(Backend):
         python = str(prepared.details.get("python") or sys.executable)
         env = dict(os.environ)
         env["PYTHONUNBUFFERED"] = "1"
+        # data is read in place here; a staging folder set for this client (a run that
+        # submits runs) must not redirect the worker
+        env.pop(DATA_DIR_ENV, None)
         if spec.gpus not in (None, "", "all"):
             env["CUDA_VISIBLE_DEVICES"] = str(spec.gpus)
         with open(rd.log, "ab") as log:

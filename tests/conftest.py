@@ -47,6 +47,14 @@ def cli(project: Path):  # type: ignore[no-untyped-def]
     return call
 
 
+def as_at_a_terminal() -> None:
+    """``preexec_fn`` for a CLI child that a test interrupts with SIGINT, as Ctrl-C would: a
+    suite started in the background inherits SIGINT ignored, and so would the child."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def read_testbed_env() -> dict[str, str]:
     """What ``scripts/testbed.sh up`` recorded (its ``env`` file: hosts, keys, addresses),
     overridden by the real environment."""

@@ -15,7 +15,7 @@ import pytest
 from runner.plugins.local import group_members
 from runner.store import Store
 
-from .conftest import REPO
+from .conftest import REPO, as_at_a_terminal
 
 METRIC_SCRIPT = """\
 import sys, time
@@ -146,6 +146,7 @@ def test_ctrl_c_cancels_the_run_and_waits_until_it_stopped(project: Path) -> Non
     proc = subprocess.Popen(
         [sys.executable, "-m", "runner.cli", "submit", "model=script", "model.path=train.py"],
         cwd=project, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=as_at_a_terminal,
     )
     assert proc.stdout is not None
     line = proc.stdout.readline()

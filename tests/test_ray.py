@@ -296,7 +296,8 @@ def test_staged_data_is_made_once_and_found_on_the_node_by_its_marker(
         shutil.copytree(pkg, tmp_path / "node" / f"_ray_pkg_{i}" / pkg.name)
         entries.append(str(tmp_path / "node" / f"_ray_pkg_{i}"))
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(entries))
-    monkeypatch.delenv(DATA_DIR_ENV, raising=False)
+    monkeypatch.setenv(DATA_DIR_ENV, "")  # recorded, so what the lookup sets is undone after
+    monkeypatch.delenv(DATA_DIR_ENV)
     rd = tmp_path / "run"
     rd.mkdir()
     request = RunRequest(run_id="r1", model="script", model_config={}, data_inputs=inputs)

@@ -17,6 +17,8 @@ from runner.backend import RunState
 from runner.plugins.local import group_members
 from runner.store import RunRecord, Store
 
+from .conftest import as_at_a_terminal
+
 JOB = """\
 import os, sys, time
 import runner
@@ -142,6 +144,7 @@ def _start_long_sweep(project: Path) -> subprocess.Popen[str]:
         [sys.executable, "-m", "runner.cli", "submit", "-m", "model=script", "model.path=job.py",
          "target=gpu2", _args("1", "2", "3", seconds=120)],
         cwd=project, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        preexec_fn=as_at_a_terminal,
     )
 
 
