@@ -702,7 +702,7 @@ def test_a_full_work_dir_gets_a_clear_error(tmp_path: Path, tiny_fs: Path) -> No
     assert containers_of(spec.run_id) == []
 
 
-MR = Path("/work/shared/data/rt-polarity")  # the lab's copy, read in place when present
+MR = Path(__file__).resolve().parents[2] / "shared" / "data" / "rt-polarity"  # read in place
 
 
 @pytest.mark.slow
@@ -735,17 +735,45 @@ def test_sentiment_cnn_trains_on_the_remote_with_gpus_requested(project: Path,
                 for _ in range(150)) + "\n")
         data = "../reviews"  # relative to the working directory, as a user types it
     before = len(Path(hook_log).read_text().splitlines()) if gpus and hook_log else 0
-    r = run_cli("submit", "target=box", "env=tf_cpu", "model=sentiment_cnn", "data=text_files",
-                f"data.path={data}", "data.format=pos_neg", "data.max_samples=2000",
-                "data.test_split=0.2", "data.val_split=0.0", "model.epochs=1", "model.maxlen=20",
-                "model.num_words=200", "model.filters=8", "model.hidden_dims=8",
-                "model.embedding_dim=8", "model.batch_size=16", "model.verbose=2",
-                cwd=project, timeout=1500)  # the target's gpus: "0" reaches the run
-    rd = RunDir(next((project / ".runner" / "runs").iterdir()))
-    assert r.returncode == 0, r.stderr[-3000:] + rd.log.read_text()[-3000:]
+    cnn = ["target=box", "env=tf_cpu", f"env.base_image={BASE}", "model=sentiment_cnn",
+           "data=text_files", "data.format=pos_neg", "data.max_samples=2000",
+           "data.test_split=0.2", "data.val_split=0.0", "model.epochs=1", "model.maxlen=20",
+           "model.num_words=200", "model.filters=8", "model.hidden_dims=8",
+           "model.embedding_dim=8", "model.batch_size=16", "model.verbose=2"]
+    doctor = run_cli("doctor", "box", cwd=project, timeout=120)
+    failed = [ln for ln in doctor.stdout.splitlines() if "  FAIL  " in ln]
+    assert all("gpu: host driver" in ln for ln in failed), doctor.stdout  # stand-in GPUs only
+    assert doctor.returncode == (1 if failed else 0), doctor.stdout + doctor.stderr
+    assert "docker permission       ok" in doctor.stdout, doctor.stdout
+    r = run_cli("prepare", *cnn, f"data.path={data}", cwd=project, timeout=1500)
+    assert r.returncode == 0, r.stderr[-3000:]
+    r = run_cli("prepare", *cnn, f"data.path={data}", cwd=project, timeout=300)
+    assert r.returncode == 0 and ": cached [" in r.stderr, r.stderr  # the second is a hit
+    r = run_cli("submit", "--detach", *cnn, f"data.path={data}", cwd=project, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
     assert "[runner] data path: shipped " in r.stderr
+    run_id = r.stderr.split("run ", 1)[1].split(":", 1)[0]
+    logs = run_cli("logs", run_id, "-f", cwd=project, timeout=600)
+    assert "val_accuracy:" in logs.stdout, logs.stdout[-3000:] + logs.stderr
+    rd = RunDir(project / ".runner" / "runs" / run_id)
     assert any("acc" in m["name"] for m in rd.read_metrics())
     assert any(p.is_file() for p in rd.outputs.rglob("*"))  # the saved model came back
+    show = run_cli("show", run_id, cwd=project)
+    assert "SUCCEEDED" in show.stdout and "read at /runner/data/path" in show.stdout, show.stdout
+    assert "gpus" in show.stdout
+    pred = run_cli("predict", run_id, "a wonderful moving film", cwd=project, timeout=300)
+    assert pred.returncode == 0 and "a wonderful moving film" in pred.stdout, pred.stderr
+    # the same data by its absolute path: already on the host, nothing travels again
+    absolute = str((project / data).resolve()) if not Path(data).is_absolute() else data
+    r = run_cli("submit", *cnn, f"data.path={absolute}", cwd=project, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "[runner] data path: " in r.stderr and " already on " in r.stderr, r.stderr
+    # data that lies on the host itself (the loopback host shares this disk): mounted, not sent
+    r = run_cli("submit", *cnn, f"data.path=target:{absolute}", cwd=project, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "[runner] data path:" not in r.stderr, r.stderr
+    show = run_cli("show", "last", cwd=project)
+    assert "on the target, not shipped" in show.stdout, show.stdout
     if gpus and hook_log:
         new = Path(hook_log).read_text().splitlines()[before:]
         assert any(ln.endswith("NVIDIA_VISIBLE_DEVICES=0") for ln in new), new
