@@ -5,7 +5,6 @@ reconcile after a killed client, slots, doctor, and the clear errors of a broken
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import io
 import json
@@ -613,28 +612,25 @@ def test_slots_are_not_oversubscribed(tmp_path: Path, work: Path) -> None:
         first.cancel()
 
 
-def test_secrets_reach_the_container_but_no_file_or_command_line(
-        tmp_path: Path, work: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("RUNNER_TEST_TOKEN", "abc-secret-123")
-    b = RemoteDockerBackend(config(work))
-    digest = hashlib.sha256(b"abc-secret-123").hexdigest()
-    spec = make_run(tmp_path, b, "import hashlib, os\nprint('token ok', hashlib.sha256("
-                                 "os.environ['RUNNER_TEST_TOKEN'].encode()).hexdigest() == "
-                                 f"'{digest}')", env=ENV)
-    rd = RunDir(spec.run_dir)
-    assert spec.request is not None
-    spec = dataclasses.replace(spec, request=dataclasses.replace(
-        spec.request, secret_env=("RUNNER_TEST_TOKEN",)))
-    rd.write_request(spec.request.to_dict())
-    handle = b.submit(spec, b.prepare(spec))
-    assert handle.wait(90).state == RunState.SUCCEEDED
-    assert "token ok True" in rd.log.read_text()
-    remote = Path(json.loads((spec.run_dir / "remote.json").read_text())["remote_run_dir"])
-    for folder in (remote, spec.run_dir):
+def test_secrets_reach_the_container_but_no_file_or_command_line(project: Path, work: Path) -> None:
+    _target(project, work)
+    token = "abc-secret-123"
+    digest = hashlib.sha256(token.encode()).hexdigest()
+    (project / "job.py").write_text(
+        "import hashlib, os\nprint('token ok', hashlib.sha256("
+        f"os.environ['RUNNER_TEST_TOKEN'].encode()).hexdigest() == '{digest}')\n")
+    r = run_cli("submit", "target=box", "env=docker_python", "model=script", "model.path=job.py",
+                "+data.api_token=${oc.env:RUNNER_TEST_TOKEN}", cwd=project, timeout=300,
+                env={"RUNNER_TEST_TOKEN": token})
+    assert r.returncode == 0, r.stderr
+    assert "token ok True" in r.stdout and token not in r.stdout + r.stderr
+    rd = next((project / ".runner" / "runs").iterdir())
+    remote = Path(json.loads((rd / "remote.json").read_text())["remote_run_dir"])
+    for folder in (remote, rd):
         for p in folder.rglob("*"):
             assert not p.name.startswith(".runner-env")
             if p.is_file():
-                assert b"abc-secret-123" not in p.read_bytes(), p
+                assert token.encode() not in p.read_bytes(), p
 
 
 # -- broken hosts -----------------------------------------------------------------------------
