@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
+
+from _common import submit
 
 
 def main() -> int:
@@ -31,21 +29,11 @@ def main() -> int:
     if not Path(args.data).is_dir():
         print(f"no data at {args.data} (rt-polarity.pos / rt-polarity.neg)", file=sys.stderr)
         return 2
-    with tempfile.TemporaryDirectory(prefix="bench-mr-") as t:
-        proj = Path(t)
-        (proj / ".runner").mkdir()
-        cmd = [sys.executable, "-m", "runner.cli", "submit", "model=sentiment_cnn_multiwidth",
-               "data=text_files", f"data.path={args.data}", f"data.cv_folds={args.folds}",
-               "data.val_split=0.0", f"model.epochs={args.epochs}", *args.overrides]
-        print("$ runner " + " ".join(cmd[3:]), flush=True)
-        t0 = time.perf_counter()
-        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-        code = subprocess.call(cmd, cwd=proj, env=env)
-        wall = time.perf_counter() - t0
-        (run_dir,) = (proj / ".runner" / "runs").iterdir()
-        records = [json.loads(ln) for ln in (run_dir / "metrics.jsonl").read_text().splitlines()]
-        device = json.loads((run_dir / "worker.json").read_text()).get("meta", {}).get("device")
-    folds = [r["value"] for r in records if r["name"] == "fold_test_accuracy"]
+    run = submit("model=sentiment_cnn_multiwidth", "data=text_files", f"data.path={args.data}",
+                 f"data.cv_folds={args.folds}", "data.val_split=0.0",
+                 f"model.epochs={args.epochs}", *args.overrides, prefix="bench-mr-")
+    code, wall, device = run.code, run.wall, run.meta.get("device")
+    folds = run.values("fold_test_accuracy")
     summary = {
         "exit_code": code, "folds": len(folds), "epochs": args.epochs,
         "fold_accuracies": [round(a, 4) for a in folds],

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import shlex
 import shutil
@@ -34,6 +33,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _common import testbed
+
 PY = sys.executable
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 JOB = """\
@@ -41,18 +42,6 @@ import os, runner
 p = runner.data_path()
 print('files', sum(len(fs) for _, _, fs in os.walk(p)) if p else 0, flush=True)
 """
-
-
-def testbed() -> dict[str, str]:
-    path = Path(os.environ.get("RUNNER_TESTBED_DIR", "/tmp/runner-testbed")) / "env"
-    out: dict[str, str] = {}
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            parts = shlex.split(line)
-            if len(parts) == 2 and "=" in parts[1]:
-                k, v = parts[1].split("=", 1)
-                out[k] = v
-    return out
 
 
 def run(cmd: list[str], cwd: Path | None = None) -> tuple[float, subprocess.CompletedProcess[str]]:

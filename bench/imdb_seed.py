@@ -20,10 +20,11 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from _common import submit
 
 HERE = Path(__file__).resolve().parent
 SHARED = HERE.parents[1] / "shared" / "data" / "imdb"
@@ -43,30 +44,18 @@ def _data(args: argparse.Namespace) -> dict[str, Any]:
 
 def through_runner(args: argparse.Namespace, extra: list[str]) -> dict[str, Any]:
     """One ``runner submit`` in a throw-away project; its metrics from the run directory."""
-    with tempfile.TemporaryDirectory(prefix="bench-imdb-") as t:
-        proj = Path(t)
-        (proj / ".runner").mkdir()
-        data = _data(args)
-        cmd = [sys.executable, "-m", "runner.cli", "submit", "model=sentiment_cnn", "data=imdb",
-               *[f"data.{k}={v}" for k, v in data.items() if k != "name"],
-               f"model.epochs={args.epochs}", f"model.maxlen={args.maxlen}", f"seed={SEED}", *extra]
-        print("$ runner " + " ".join(cmd[3:]), flush=True)
-        t0 = time.perf_counter()
-        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-        code = subprocess.call(cmd, cwd=proj, env=env)
-        wall = time.perf_counter() - t0
-        (run_dir,) = (proj / ".runner" / "runs").iterdir()
-        records = [json.loads(ln) for ln in (run_dir / "metrics.jsonl").read_text().splitlines()]
-        meta = json.loads((run_dir / "worker.json").read_text()).get("meta", {})
-    if code != 0:
-        raise SystemExit(f"runner submit failed with exit code {code}")
-
-    def values(name: str) -> list[float]:
-        return [r["value"] for r in records if r["name"] == name]
-
-    return {"test_accuracy": values("test_accuracy")[-1], "epoch_seconds": values("epoch_seconds"),
-            "train_samples_per_s": values("train_samples_per_s")[-1], "wall_seconds": wall,
-            "dataset": meta.get("dataset"), "device": meta.get("device")}
+    data = _data(args)
+    run = submit("model=sentiment_cnn", "data=imdb",
+                 *[f"data.{k}={v}" for k, v in data.items() if k != "name"],
+                 f"model.epochs={args.epochs}", f"model.maxlen={args.maxlen}", f"seed={SEED}",
+                 *extra, prefix="bench-imdb-")
+    if run.code != 0:
+        raise SystemExit(f"runner submit failed with exit code {run.code}")
+    return {"test_accuracy": run.values("test_accuracy")[-1],
+            "epoch_seconds": run.values("epoch_seconds"),
+            "train_samples_per_s": run.values("train_samples_per_s")[-1],
+            "wall_seconds": run.wall, "dataset": run.meta.get("dataset"),
+            "device": run.meta.get("device")}
 
 
 def port_in_fresh_process(args: argparse.Namespace) -> dict[str, Any]:
@@ -91,7 +80,7 @@ def one_port(args: argparse.Namespace) -> dict[str, Any]:
     import keras
 
     sys.path.insert(0, str(HERE))
-    from train_throughput import port_model  # the original script's network, layer by layer
+    from train_throughput import epoch_clock, port_model  # the seed's network, layer by layer
 
     from runner.models.sentiment_cnn import datasets
 
@@ -104,27 +93,14 @@ def one_port(args: argparse.Namespace) -> dict[str, Any]:
     print(f"loaded {len(x)} train / {len(fold.y_test)} test reviews in {load_s:.1f} s",
           file=sys.stderr, flush=True)
     keras.utils.set_random_seed(SEED)
-    times: list[float] = []
-    speeds: list[float] = []
-
-    class Clock(keras.callbacks.Callback):  # type: ignore[misc]
-        def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
-            self.t0, self.train_s = time.perf_counter(), None
-
-        def on_test_begin(self, logs: Any = None) -> None:
-            if self.train_s is None:
-                self.train_s = time.perf_counter() - self.t0
-
-        def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
-            times.append(time.perf_counter() - self.t0)
-            speeds.append(len(x) / (self.train_s or times[-1]))
-
+    clock = epoch_clock(keras, len(x))
     model = port_model(keras, 5000, args.maxlen)
     # the seed validates on the test split every epoch, as the plugin does with val_split 0
     model.fit(x, fold.y_train, batch_size=32, epochs=args.epochs,
-              validation_data=(fold.x_test, fold.y_test), callbacks=[Clock()], verbose=2)
+              validation_data=(fold.x_test, fold.y_test), callbacks=[clock], verbose=2)
     acc = float(model.evaluate(fold.x_test, fold.y_test, batch_size=256, verbose=0)[1])
-    return {"test_accuracy": acc, "epoch_seconds": times, "train_samples_per_s": speeds[-1],
+    return {"test_accuracy": acc, "epoch_seconds": clock.times,
+            "train_samples_per_s": clock.speeds[-1],
             "load_seconds": load_s}
 
 

@@ -21,7 +21,6 @@ import argparse
 import json
 import os
 import re
-import shlex
 import statistics
 import subprocess
 import sys
@@ -29,19 +28,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from _common import testbed
+
 PY = sys.executable
-
-
-def testbed() -> dict[str, str]:
-    path = Path(os.environ.get("RUNNER_TESTBED_DIR", "/tmp/runner-testbed")) / "env"
-    out: dict[str, str] = {}
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            parts = shlex.split(line)
-            if len(parts) == 2 and "=" in parts[1]:
-                k, v = parts[1].split("=", 1)
-                out[k] = v
-    return out
 
 
 def timed(cmd: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, str]:
