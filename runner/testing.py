@@ -33,7 +33,7 @@ from runner.request import DataInput, RunRequest
 from runner.rundir import RunDir
 from runner.store import new_run_id
 
-__all__ = ["BackendContract", "make_run"]
+__all__ = ["BackendContract", "make_run", "processes_with", "wait_until_gone"]
 
 
 def make_run(
@@ -84,12 +84,7 @@ class BackendContract:
         """
         marker = self._markers.get(handle.run_id)
         assert marker is not None, "assert_nothing_left() is meant for runs made with start()"
-        deadline = time.monotonic() + 10
-        while True:
-            left = _processes_with(marker)
-            if not left or time.monotonic() > deadline:
-                break
-            time.sleep(0.1)
+        left = wait_until_gone(marker)
         assert not left, f"processes of run {handle.run_id} still alive: {left}"
 
     # -- helpers ------------------------------------------------------------------
@@ -245,24 +240,37 @@ class BackendContract:
         self.assert_nothing_left(handle)
 
 
-def _processes_with(marker: str) -> list[int]:
-    """PIDs of this machine's live processes whose command line holds ``marker``."""
+def processes_with(field: str, *, source: str = "cmdline") -> list[int]:
+    """PIDs of this machine's live processes with ``field`` as one whole entry of their
+    ``/proc/PID/cmdline`` (an argument) or ``/proc/PID/environ`` (``NAME=value``)."""
     import os
 
+    want = field.encode()
     found = []
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
             continue
         try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                cmd = f.read()
+            with open(f"/proc/{pid}/{source}", "rb") as f:
+                entries = f.read().split(b"\0")
             with open(f"/proc/{pid}/stat") as f:
                 state = f.read().rsplit(")", 1)[1].split()[0]
         except (OSError, IndexError):
             continue
-        if marker.encode() in cmd and state not in ("Z", "X"):
+        if want in entries and state not in ("Z", "X"):
             found.append(int(pid))
     return found
+
+
+def wait_until_gone(field: str, *, source: str = "cmdline", timeout: float = 10) -> list[int]:
+    """:func:`processes_with` once they are gone or ``timeout`` seconds passed (an engine
+    reaps a stopped run's processes just after it reports the stop)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = processes_with(field, source=source)
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.1)
 
 
 def _json_roundtrip(value: Any) -> Any:

@@ -12,7 +12,7 @@ import pytest
 from runner.backend import RunHandle, RunState
 from runner.rundir import RunDir
 from runner.store import Store
-from runner.testing import BackendContract, make_run
+from runner.testing import BackendContract, make_run, wait_until_gone
 
 from .conftest import read_testbed_env
 
@@ -42,22 +42,6 @@ pytest.importorskip("ray.job_submission", reason="the [ray] extra is not install
 from runner.plugins.ray import BEGIN, RayBackend, RayConfig, RayHandle  # noqa: E402
 
 
-def _processes_of(run_id: str) -> list[int]:
-    """PIDs on this machine (the Ray head is local in tests) that belong to ``run_id``."""
-    out = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            environ = Path(f"/proc/{entry}/environ").read_bytes()
-            state = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if f"RUNNER_RUN_ID={run_id}".encode() in environ.split(b"\0") and state not in ("Z", "X"):
-            out.append(int(entry))
-    return out
-
-
 class TestRayContract(BackendContract):
     timeout = 120.0
 
@@ -69,12 +53,8 @@ class TestRayContract(BackendContract):
         assert isinstance(handle, RayHandle)
         super().assert_nothing_left(handle)  # no process of the run's script either (same kernel)
         assert handle.status().terminal
-        import time
-
-        deadline = time.monotonic() + 10  # Ray reaps the job's processes just after it reports
-        while _processes_of(handle.run_id) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert _processes_of(handle.run_id) == []
+        # the job's own processes (the driver, the worker) carry the run id in their environment
+        assert wait_until_gone(f"RUNNER_RUN_ID={handle.run_id}", source="environ") == []
 
 
 def test_results_travel_in_the_log_but_users_never_see_them(tmp_path: Path) -> None:
