@@ -29,6 +29,7 @@ from runner.backend import EnvSpec
 from runner.environment import env_inputs, env_key, explain_miss
 from runner.errors import UserError
 from runner.request import DataInput
+from runner.units import size_text
 
 #: Label keys on everything the runner creates in an engine.
 LABEL = "io.runner"
@@ -642,15 +643,6 @@ def user_arg() -> str | None:
 # -- pruning env images -----------------------------------------------------------------------------
 #: Seconds a half-built image (``runner-env:building-...``) is left alone: a prepare may be using it.
 STAGING_PATIENCE = 3600.0
-
-
-def size_text(n: float) -> str:
-    """Bytes for people: 512 B, 3.2 MiB, 1.7 GiB."""
-    units = ("B", "KiB", "MiB", "GiB", "TiB")
-    i = 0
-    while n >= 1024 and i < len(units) - 1:
-        n, i = n / 1024, i + 1
-    return f"{n:.0f} B" if i == 0 else f"{n:.1f} {units[i]}"
 
 
 def age_text(seconds: float) -> str:

@@ -30,6 +30,7 @@ from typing import IO, Any
 
 from runner.errors import UserError
 from runner.request import DataInput, DataKind
+from runner.units import size_text
 
 __all__ = ["DataShipped", "missing_objects", "stage", "tree_path", "trees_present_script"]
 
@@ -55,14 +56,10 @@ class DataShipped:
     def line(self, where: str) -> str:
         """The one line a submit prints about this input."""
         if self.present:
-            return (f"[runner] data {self.key}: {self.files} files ({_mib(self.bytes)}) "
+            return (f"[runner] data {self.key}: {self.files} files ({size_text(self.bytes)}) "
                     f"already on {where}")
         return (f"[runner] data {self.key}: shipped {self.sent_files} of {self.files} files "
-                f"({_mib(self.sent_bytes)} of {_mib(self.bytes)}) to {where}")
-
-
-def _mib(n: float) -> str:
-    return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n / 1024:.1f} KiB"
+                f"({size_text(self.sent_bytes)} of {size_text(self.bytes)}) to {where}")
 
 
 def tree_path(work_dir: str, d: DataInput) -> str:
@@ -235,8 +232,8 @@ def stage(session: Any, work_dir: str, inputs: Sequence[DataInput], have_trees: 
                 source[sha] = (d.source if d.kind is DataKind.FILE else f"{d.source}/{rel}", size)
     need = sum(size for _, size in source.values())
     if free_kb is not None and need > free_kb * 1024:
-        raise UserError(f"the data to ship ({_mib(need)}) does not fit in {work_dir} on "
-                        f"{session.label} ({_mib(free_kb * 1024)} free).",
+        raise UserError(f"the data to ship ({size_text(need)}) does not fit in {work_dir} on "
+                        f"{session.label} ({size_text(free_kb * 1024)} free).",
                         "free space there (runner remote-gc TARGET), point target.work_dir at a "
                         "bigger disk, or put the data on the host and use data.KEY=target:/path.")
     tok = secrets.token_hex(6)

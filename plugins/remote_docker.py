@@ -64,6 +64,7 @@ from runner.plugins import _store as store
 from runner.plugins._ssh import ConnectionLost, KeyRefused, Session, SSHExecutor, SSHSettings
 from runner.request import DATA_DIR_ENV, DataInput, RunRequest
 from runner.rundir import CODE, LOG, OUTPUTS, RunDir, write_json_atomic
+from runner.units import size_text
 
 #: Label on run containers that count against a host's slots.
 L_SLOTS = f"{dk.LABEL}.slots"
@@ -145,10 +146,6 @@ def _q(s: str) -> str:
     return shlex.quote(s)
 
 
-def _mib(n: float) -> str:
-    return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n / 1024:.1f} KiB"
-
-
 # -- safe extraction ----------------------------------------------------------------------------
 def safe_extract(data: bytes, dest: Path, *, max_bytes: int) -> list[str]:
     """Extract a tar archive into ``dest``: only regular files and folders, nothing outside
@@ -177,7 +174,7 @@ def safe_extract(data: bytes, dest: Path, *, max_bytes: int) -> list[str]:
                 continue
             total += m.size
             if total > max_bytes:
-                raise UserError(f"the fetched run directory is over the {_mib(max_bytes)} cap.",
+                raise UserError(f"the fetched run directory is over the {size_text(max_bytes)} cap.",
                                 "raise target.max_fetch_mb, or write less into outputs/.")
             os.makedirs(os.path.dirname(target), exist_ok=True)
             if os.path.realpath(os.path.dirname(target)) != os.path.dirname(target):
@@ -326,7 +323,7 @@ class RemoteHandle(RunHandle):
         over = next((ln for ln in r.stdout.splitlines() if ln.startswith("over ")), None)
         if over:
             size = int(over.split()[1]) * 1024
-            note = (f"the outputs of run {self.run_id} are {_mib(size)} on {self.session.label}, "
+            note = (f"the outputs of run {self.run_id} are {size_text(size)} on {self.session.label}, "
                     f"over target.max_fetch_mb ({cfg.max_fetch_mb} MiB): they stay at "
                     f"{self.remote_dir}/outputs. Raise target.max_fetch_mb, or copy them with "
                     f"scp/rsync.")
@@ -797,7 +794,7 @@ class RemoteDockerBackend(Backend):
             info["data"] = data_shipped
         write_json_atomic(rd.path / REMOTE_JSON, info)
         print(f"[runner] shipped {shipped['sent_files']} of {shipped['files']} code files "
-              f"({_mib(shipped['sent_bytes'])} of {_mib(shipped['bytes'])}) to "
+              f"({size_text(shipped['sent_bytes'])} of {size_text(shipped['bytes'])}) to "
               f"{self.session.label}", file=sys.stderr, flush=True)
         return RemoteHandle(self, spec.run_id, rd.path, container.name, remote_rd)
 

@@ -561,21 +561,15 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
-def _size_text(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GiB"
-
-
 def _data_line(d: dict[str, Any], worker: dict[str, Any]) -> str:
     """One recorded data input: as given, by content, and where the run read it."""
+    from runner.units import size_text
+
     if d.get("on_target"):
         text = f"{d['given']}  (on the target, not shipped)"
     else:
         text = (f"{d['given']}  sha256 {str(d.get('digest'))[:12]}  {d.get('files')} file(s), "
-                f"{_size_text(float(d.get('bytes') or 0))}")
+                f"{size_text(float(d.get('bytes') or 0))}")
     seen = [w for w in worker.get("data") or [] if w.get("key") == d.get("key")]
     if seen:
         text += f"  read at {seen[0].get('path')}"

@@ -35,6 +35,7 @@ from runner.plugins.remote_docker import (
 )
 from runner.rundir import RunDir
 from runner.testing import BackendContract, make_run
+from runner.units import size_text
 
 from .conftest import read_testbed_env, run_cli
 
@@ -315,7 +316,7 @@ def test_data_travels_by_content_once_and_an_edit_ships_one_file(project: Path,
     assert "data at /runner/data/path" in r.stdout and "files 30" in r.stdout
     assert "first says review 0" in r.stdout
     total = sum(p.stat().st_size for p in reviews.rglob("*.txt"))
-    kib = f"{total / 1024:.1f} KiB"
+    kib = size_text(total)
     assert f"[runner] data path: shipped 30 of 30 files ({kib} of {kib}) to root@" in r.stderr
     cost = _data_cost(project)["inputs"][0]
     assert (cost["sent_files"], cost["files"], cost["present"]) == (30, 30, False)
@@ -335,7 +336,7 @@ def test_data_travels_by_content_once_and_an_edit_ships_one_file(project: Path,
     r = run_cli(*args, cwd=project, timeout=300)
     assert r.returncode == 0, r.stderr
     assert "first says edited" in r.stdout and "files 30" in r.stdout
-    assert "[runner] data path: shipped 1 of 30 files (0.0 KiB of " in r.stderr
+    assert f"[runner] data path: shipped 1 of 30 files ({size_text(7)} of " in r.stderr  # 7 B
     edit = _data_cost(project)["inputs"][0]
     assert (edit["sent_files"], edit["sent_bytes"]) == (1, len("edited\n"))
     assert edit["digest"] != cost["digest"]
