@@ -272,15 +272,19 @@ class ContainerSpec:
         return a + [self.image, *self.command]
 
 
-def data_mounts(inputs: Sequence[DataInput], host_path: Callable[[DataInput], str]
-                ) -> list[tuple[str, str]]:
+def data_mounts(inputs: Sequence[DataInput], host_path: Callable[[DataInput], str], *,
+                folders: bool = False) -> list[tuple[str, str]]:
     """Read-only mounts that put each data input where the worker looks for it
-    (``DATA_MOUNT/KEY``, a file under its own name); ``host_path`` says where an input lies
-    on the engine's host. Data already on the target is mounted at its own path."""
+    (:meth:`DataInput.target_path` under ``DATA_MOUNT``); data already on the target is
+    mounted at its own path. ``host_path`` says where an input lies on the engine's host:
+    the file or folder itself, or with ``folders`` a folder that holds the input as the
+    worker expects it (a file input under its own name: a content store's tree)."""
     out = []
     for d in inputs:
         if d.on_target:
             out.append((d.source, d.source))
+        elif folders:
+            out.append((host_path(d), f"{DATA_MOUNT}/{d.key}"))
         else:
             out.append((host_path(d), d.target_path(DATA_MOUNT)))
     return out

@@ -62,7 +62,7 @@ from runner.errors import UserError
 from runner.plugins import _docker as dk
 from runner.plugins import _store as store
 from runner.plugins._ssh import ConnectionLost, KeyRefused, Session, SSHExecutor, SSHSettings
-from runner.request import DATA_DIR_ENV, DataInput, RunRequest
+from runner.request import DATA_DIR_ENV, RunRequest
 from runner.rundir import CODE, LOG, OUTPUTS, RunDir, write_json_atomic
 from runner.units import size_text
 
@@ -390,20 +390,6 @@ class RemoteHandle(RunHandle):
 
 
 # -- the backend --------------------------------------------------------------------------------
-def data_mounts(inputs: tuple[DataInput, ...], work_dir: str) -> list[tuple[str, str]]:
-    """Read-only mounts for a run's data: each shipped input's tree at ``DATA_MOUNT/KEY``
-    (a file input's tree is the folder holding it, so the worker finds the file at
-    ``DATA_MOUNT/KEY/NAME``, the path :meth:`DataInput.target_path` names); data on the host
-    already at its own path."""
-    out = []
-    for d in inputs:
-        if d.on_target:
-            out.append((d.source, d.source))
-        else:
-            out.append((store.tree_path(work_dir, d), f"{dk.DATA_MOUNT}/{d.key}"))
-    return out
-
-
 @dataclass(frozen=True)
 class HostFacts:
     """What one command learns about the host at prepare."""
@@ -746,7 +732,8 @@ class RemoteDockerBackend(Backend):
             image=str(prepared.details.get("image") or dk.image_tag(prepared.env_key)),
             command=dk.worker_command(), labels=labels,
             mounts=[(remote_rd, dk.RUN_MOUNT)],
-            readonly=data_mounts(request.data_inputs, facts.work_dir),
+            readonly=dk.data_mounts(request.data_inputs,
+                                     lambda d: store.tree_path(facts.work_dir, d), folders=True),
             volumes=[(c.cache_volume, dk.CACHE_MOUNT)] if c.cache_volume else [],
             workdir=f"{dk.RUN_MOUNT}/code",
             env=env, user=f"{facts.uid}:{facts.gid}",

@@ -257,7 +257,7 @@ def test_a_second_submit_after_one_edit_ships_about_that_file(project: Path, wor
     (lib / "mod7.py").write_text("# module 7, edited\n")
     r2 = run_cli(*args, cwd=project, timeout=300)
     assert r2.returncode == 0, r2.stderr
-    first, second = sorted((project / ".runner" / "runs").iterdir())
+    first, second = _run_dirs(project)
     s1 = json.loads((first / "remote.json").read_text())["shipped"]
     s2 = json.loads((second / "remote.json").read_text())["shipped"]
     assert s1["sent_files"] == s1["files"] == 42  # 40 modules, job.py, conf/target/box.yaml
@@ -292,8 +292,16 @@ def _data_project(project: Path, work: Path, n: int = 30) -> Path:
     return reviews
 
 
+def _run_dirs(project: Path) -> list[Path]:
+    """The project's run directories in the order the runs were made (two runs in one second
+    have ids that sort either way)."""
+    from runner.store import Store
+
+    return [r.run_dir for r in reversed(Store(project / ".runner").list())]
+
+
 def _data_cost(project: Path, run: int = -1) -> dict:  # type: ignore[type-arg]
-    rd = sorted((project / ".runner" / "runs").iterdir())[run]
+    rd = _run_dirs(project)[run]
     return json.loads((rd / "remote.json").read_text())["data"]  # type: ignore[no-any-return]
 
 
@@ -344,7 +352,7 @@ def test_data_travels_by_content_once_and_an_edit_ships_one_file(project: Path,
     assert not list((work / "data").glob(".tmp-*")) and not list((work / "incoming").iterdir())
     assert len(_verified_store(work)) >= 31
     # the run saw its data read-only
-    rid = sorted((project / ".runner" / "runs").iterdir())[-1].name
+    rid = _run_dirs(project)[-1].name
     assert containers_of(rid) == []
 
 
@@ -364,7 +372,7 @@ def test_data_on_the_host_is_read_in_place_and_a_missing_path_stops_first(
     assert "error: data.path='target:/no/such/data': /no/such/data does not exist on " in r.stderr
     assert "root@127.0.0.1" in r.stderr and "without the target: prefix" in r.stderr
     assert "Traceback" not in r.stderr
-    rid = sorted((project / ".runner" / "runs").iterdir())[-1].name
+    rid = _run_dirs(project)[-1].name
     assert containers_of(rid) == [] and not (work / "runs" / rid).exists()  # nothing started
 
 
