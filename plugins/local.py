@@ -15,7 +15,16 @@ from pathlib import Path
 from typing import Any
 
 from runner import hookimpl
-from runner.backend import Backend, BackendConfig, Prepared, RunHandle, RunSpec, RunState, RunStatus
+from runner.backend import (
+    Backend,
+    BackendConfig,
+    Capability,
+    Prepared,
+    RunHandle,
+    RunSpec,
+    RunState,
+    RunStatus,
+)
 from runner.bundle import cache_root, worker_bundle
 from runner.environment import env_inputs, env_key, explain_miss
 from runner.errors import UserError
@@ -137,7 +146,8 @@ class LocalBackend(Backend):
 
     name = "local"
     Config = LocalConfig
-    capabilities = frozenset({"cancel", "follow_logs", "outputs", "venv"})
+    capabilities = frozenset({Capability.CANCEL, Capability.FOLLOW_LOGS, Capability.OUTPUTS,
+                              Capability.VENV})
     config: LocalConfig
 
     # -- environments ---------------------------------------------------------

@@ -23,6 +23,7 @@ from runner import hookimpl
 from runner.backend import (
     Backend,
     BackendConfig,
+    Capability,
     Command,
     Prepared,
     RunHandle,
@@ -201,7 +202,8 @@ class LocalDockerBackend(Backend):
 
     name = "local_docker"
     Config = LocalDockerConfig
-    capabilities = frozenset({"cancel", "follow_logs", "outputs", "docker", "gpu"})
+    capabilities = frozenset({Capability.CANCEL, Capability.FOLLOW_LOGS, Capability.OUTPUTS,
+                              Capability.DOCKER, Capability.GPU})
     config: LocalDockerConfig
 
     def __init__(self, config: BackendConfig) -> None:

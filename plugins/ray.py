@@ -54,6 +54,7 @@ from runner import hookimpl
 from runner.backend import (
     Backend,
     BackendConfig,
+    Capability,
     EnvSpec,
     Prepared,
     RunHandle,
@@ -383,7 +384,8 @@ class RayBackend(Backend):
 
     name = "ray"
     Config = RayConfig
-    capabilities = frozenset({"cancel", "follow_logs", "outputs", "gpu", "remote"})
+    capabilities = frozenset({Capability.CANCEL, Capability.FOLLOW_LOGS, Capability.OUTPUTS,
+                              Capability.GPU, Capability.REMOTE})
     config: RayConfig
 
     def _marker(self, key: str) -> Path:
@@ -502,6 +504,13 @@ class RayBackend(Backend):
             raise UserError(f"the Ray cluster at {self.config.address} refused the run: "
                             f"{str(e).splitlines()[0] if str(e) else e!r}") from None
         return RayHandle(spec.run_id, spec.run_dir, self.config.address, sid, self.config.stop_timeout)
+
+    def gpu_devices(self) -> list[str] | None:
+        """``gpus: all`` is left to Ray's scheduler, which places each job on a free GPU of
+        the cluster; a list ("0,1") is handed out as it is."""
+        from runner.gpus import device_ids
+
+        return device_ids(self.config.gpus, lambda: None)
 
     def reattach(self, run_id: str, run_dir: Path, locator: Mapping[str, Any]) -> RunHandle:
         return RayHandle(run_id, run_dir, str(locator["address"]), str(locator["submission_id"]),

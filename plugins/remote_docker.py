@@ -48,6 +48,7 @@ from runner import hookimpl
 from runner.backend import (
     Backend,
     BackendConfig,
+    Capability,
     Check,
     Command,
     Prepared,
@@ -408,7 +409,8 @@ class RemoteDockerBackend(Backend):
 
     name = "remote_docker"
     Config = RemoteDockerConfig
-    capabilities = frozenset({"cancel", "follow_logs", "outputs", "docker", "gpu", "remote"})
+    capabilities = frozenset({Capability.CANCEL, Capability.FOLLOW_LOGS, Capability.OUTPUTS,
+                              Capability.DOCKER, Capability.GPU, Capability.REMOTE})
     config: RemoteDockerConfig
 
     def __init__(self, config: BackendConfig) -> None:
@@ -436,6 +438,16 @@ class RemoteDockerBackend(Backend):
     @property
     def work_dir(self) -> str:
         return self.facts().work_dir
+
+    def gpu_devices(self) -> list[str] | None:
+        """``gpus: all`` is counted with ``nvidia-smi -L`` on the host."""
+        from runner.gpus import count_listed, device_ids
+
+        def count() -> int | None:
+            r = self.session.run("nvidia-smi -L", timeout=30)
+            return count_listed(r.stdout) if r.ok else None
+
+        return device_ids(self.config.gpus, count)
 
     # -- facts about the host ------------------------------------------------------------------
     def facts(self, base: str | None = None, *, refresh: bool = False) -> HostFacts:

@@ -35,12 +35,30 @@ __all__ = [
     "RunSpec",
     "RunState",
     "RunStatus",
+    "Capability",
     "CAPABILITIES",
 ]
 
-#: Capabilities a backend may declare. The CLI and the contract suite use them to decide
-#: what to offer and what to test (a backend without ``"cancel"`` is not asked to cancel).
-CAPABILITIES = frozenset({"cancel", "follow_logs", "outputs", "docker", "gpu", "venv", "remote"})
+
+class Capability(enum.StrEnum):
+    """What a backend can do, declared in :attr:`Backend.capabilities`.
+
+    The registry refuses a backend that declares anything else; the CLI refuses a command a
+    target cannot carry out (``runner cancel`` on a target without :attr:`CANCEL`), and the
+    contract suite (:class:`runner.testing.BackendContract`) tests exactly what is declared.
+    """
+
+    CANCEL = "cancel"  #: :meth:`RunHandle.cancel` stops a run and verifies it stopped
+    FOLLOW_LOGS = "follow_logs"  #: :meth:`RunHandle.logs` shows the log while the run goes
+    OUTPUTS = "outputs"  #: :meth:`RunHandle.fetch_outputs` brings ``outputs/`` back
+    DOCKER = "docker"  #: runs execute in containers built from the env
+    GPU = "gpu"  #: runs can be given GPUs (``gpus:`` in the target and env)
+    VENV = "venv"  #: envs become virtualenvs on the target
+    REMOTE = "remote"  #: runs execute on another machine than the client's
+
+
+#: Every capability there is (the values of :class:`Capability`).
+CAPABILITIES = frozenset(Capability)
 
 
 class RunState(enum.StrEnum):
@@ -250,7 +268,7 @@ class Backend(ABC):
 
     name: ClassVar[str]  #: what ``backend:`` in a target file selects
     Config: ClassVar[type[BackendConfig]] = BackendConfig  #: the target file's schema
-    capabilities: ClassVar[frozenset[str]] = frozenset()  #: a subset of :data:`CAPABILITIES`
+    capabilities: ClassVar[frozenset[Capability]] = frozenset()  #: what it can do (validated)
 
     def __init__(self, config: BackendConfig) -> None:
         self.config = config
@@ -282,6 +300,20 @@ class Backend(ABC):
         from runner.data import check_on_this_machine
 
         check_on_this_machine(spec.data_inputs, "this machine")
+
+    def gpu_devices(self) -> list[str] | None:
+        """The target's GPUs, one id per device, so that a sweep can give each job its own
+        (``CUDA_VISIBLE_DEVICES`` / ``--gpus device=``); None when there are none or they
+        cannot be told apart (the jobs then share what ``gpus`` says).
+
+        The default reads ``gpus:`` of the target: a list ("0,1") is taken as it is, and
+        "all" is counted with ``nvidia-smi -L`` on this machine, which is right for targets
+        that run here. Backends whose GPUs are elsewhere override it (ask the host, or return
+        None and let the cluster's scheduler place the jobs).
+        """
+        from runner.gpus import device_ids, local_gpu_count
+
+        return device_ids(getattr(self.config, "gpus", None), local_gpu_count)
 
     @abstractmethod
     def reattach(self, run_id: str, run_dir: Path, locator: Mapping[str, Any]) -> RunHandle:

@@ -635,6 +635,16 @@ def cmd_cancel(args: argparse.Namespace) -> int:
                 st = RunStatus(RunState.CANCELLED, message="cancelled before it started")
                 RunDir(rec.run_dir).write_status(st)
             else:
+                from runner.backend import Capability
+
+                backend = runs.registry.backend(rec.backend)
+                if Capability.CANCEL not in backend.capabilities:
+                    from runner.errors import UserError
+
+                    raise UserError(
+                        f"run {rec.id}'s target '{rec.target}' cannot cancel runs: its backend "
+                        f"'{backend.name}' does not declare the 'cancel' capability.",
+                        "the run goes on; stop it on the target itself")
                 st = handle.cancel()
             runs.finish(rec.id, st)
             _err(f"run {rec.id}: {st.state.value}")

@@ -10,7 +10,7 @@ from typing import Any
 import pluggy
 
 from runner import hookspecs
-from runner.backend import Backend, Command
+from runner.backend import CAPABILITIES, Backend, Capability, Command
 from runner.errors import UserError
 from runner.model import Model
 
@@ -76,6 +76,16 @@ def make_plugin_manager(
     return pm
 
 
+def _check_capabilities(cls: type[Backend], plugin: str) -> None:
+    caps = getattr(cls, "capabilities", frozenset())
+    unknown = sorted(str(c) for c in caps if c not in CAPABILITIES)
+    if unknown or isinstance(caps, str):
+        raise TypeError(
+            f"plugin {plugin}: backend {cls.__name__} declares unknown capabilities {unknown or caps!r}; "
+            f"valid: {', '.join(sorted(CAPABILITIES))} (runner.backend.Capability)")
+    cls.capabilities = frozenset(Capability(c) for c in caps)
+
+
 def collect(pm: pluggy.PluginManager) -> Registry:
     """Call the register hooks of every plugin and return the filled registry."""
     reg = Registry()
@@ -87,6 +97,8 @@ def collect(pm: pluggy.PluginManager) -> Registry:
             name: str = getattr(cls, "name", "")
             if not name:
                 raise TypeError(f"plugin {plugin} registered {cls.__name__} without a `name`")
+            if base is Backend:
+                _check_capabilities(cls, plugin)
             if name in table:
                 raise UserError(
                     f"{kind} '{name}' is registered twice: by "

@@ -26,7 +26,6 @@ import hashlib
 import json
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -97,22 +96,6 @@ def _digest(value: Any) -> str:
 def job_key(values: dict[str, Any], manifest_digest: str, env_key: str) -> str:
     """The key of a job: its resolved config, the code it runs, the env it runs in."""
     return _digest({"config": values, "code": manifest_digest, "env": env_key})
-
-
-def _gpu_list(gpus: str | None, remote: bool) -> list[str] | None:
-    """The GPUs a target offers, one per sweep slot; None when they cannot be told apart."""
-    if gpus in (None, ""):
-        return None
-    if str(gpus).strip() == "all":
-        if remote:
-            return None
-        try:
-            out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10).stdout
-        except (OSError, subprocess.SubprocessError):
-            return None
-        n = sum(1 for line in out.splitlines() if line.startswith("GPU "))
-        return [str(i) for i in range(n)] or None
-    return [g.strip() for g in str(gpus).split(",") if g.strip()]
 
 
 class _Capacity:
@@ -302,8 +285,7 @@ class Sweep:
         else:
             target = plan.target_name
             if target not in self._gpus:
-                remote = "remote" in plan.backend.capabilities
-                self._gpus[target] = _gpu_list(getattr(plan.backend.config, "gpus", None), remote)
+                self._gpus[target] = plan.backend.gpu_devices()
             rec, spec = self.runs.record(plan, sweep_id=self.sweep_id, job_key=key,
                                          code_from=self.code_dir,
                                          code_manifest=self.code_manifest)

@@ -28,7 +28,16 @@ from typing import Any
 
 import pytest
 
-from runner.backend import Backend, EnvSpec, Prepared, RunHandle, RunSpec, RunState
+from runner.backend import (
+    CAPABILITIES,
+    Backend,
+    Capability,
+    EnvSpec,
+    Prepared,
+    RunHandle,
+    RunSpec,
+    RunState,
+)
 from runner.request import DataInput, RunRequest
 from runner.rundir import RunDir
 from runner.store import new_run_id
@@ -101,6 +110,12 @@ class BackendContract:
             self._markers[spec.run_id] = marker
         return spec, prepared, handle
 
+    @staticmethod
+    def needs(backend: Backend, capability: Capability) -> None:
+        """Skip the calling test unless ``backend`` declares ``capability``."""
+        if capability not in backend.capabilities:
+            pytest.skip(f"backend {backend.name} does not declare {capability.value!r}")
+
     def wait_running(self, handle: RunHandle, rd: RunDir, marker: str) -> None:
         deadline = time.monotonic() + self.timeout
         while time.monotonic() < deadline:
@@ -112,6 +127,10 @@ class BackendContract:
         raise AssertionError(f"'{marker}' never appeared in the log")
 
     # -- the contract ---------------------------------------------------------------
+    def test_capabilities_are_known(self, backend: Backend) -> None:
+        assert backend.capabilities <= CAPABILITIES
+        assert all(isinstance(c, Capability) for c in backend.capabilities)
+
     def test_prepare_is_idempotent_and_cached(self, tmp_path: Path, backend: Backend, env: EnvSpec) -> None:
         spec = make_run(tmp_path, backend, "print('x')", env=env)
         first = backend.prepare(spec)
@@ -145,6 +164,7 @@ class BackendContract:
     def test_cancel_is_idempotent_and_leaves_nothing_running(
         self, tmp_path: Path, backend: Backend, env: EnvSpec
     ) -> None:
+        self.needs(backend, Capability.CANCEL)
         spec, _, handle = self.start(
             tmp_path, backend, env,
             "import time\nprint('ready', flush=True)\nwhile True: time.sleep(0.1)", marked=True,
@@ -159,6 +179,7 @@ class BackendContract:
     def test_cancel_kills_a_run_that_ignores_sigterm(
         self, tmp_path: Path, backend: Backend, env: EnvSpec
     ) -> None:
+        self.needs(backend, Capability.CANCEL)
         spec, _, handle = self.start(
             tmp_path, backend, env,
             "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
@@ -168,6 +189,24 @@ class BackendContract:
         handle.grace = 1.0
         assert handle.cancel().state == RunState.CANCELLED
         self.assert_nothing_left(handle)
+
+    def test_logs_show_while_the_run_goes(self, tmp_path: Path, backend: Backend, env: EnvSpec) -> None:
+        self.needs(backend, Capability.FOLLOW_LOGS)
+        spec, _, handle = self.start(
+            tmp_path, backend, env,
+            "import time\nprint('halfway', flush=True)\ntime.sleep(5)\nprint('done')")
+        self.wait_running(handle, RunDir(spec.run_dir), "halfway")
+        assert not handle.status().terminal
+        if Capability.CANCEL in backend.capabilities:
+            handle.cancel()
+        else:
+            handle.wait(self.timeout)
+
+    def test_gpu_devices_are_ids_or_none(self, backend: Backend) -> None:
+        ids = backend.gpu_devices()
+        assert ids is None or (ids and all(isinstance(i, str) and i for i in ids)), ids
+        if Capability.GPU not in backend.capabilities:
+            assert ids is None, "a backend without the gpu capability offers no GPUs"
 
     def test_logs_resume_from_an_offset(self, tmp_path: Path, backend: Backend, env: EnvSpec) -> None:
         _, _, handle = self.start(tmp_path, backend, env, "for i in range(50): print(f'line {i}')")
@@ -182,6 +221,7 @@ class BackendContract:
         assert list(handle.logs(everything[-1][0])) == []
 
     def test_metrics_and_outputs_come_back(self, tmp_path: Path, backend: Backend, env: EnvSpec) -> None:
+        self.needs(backend, Capability.OUTPUTS)
         spec, _, handle = self.start(tmp_path, backend, env, """
             import runner
             for step in range(3):

@@ -135,6 +135,45 @@ def test_an_unknown_backend_lists_the_registered_ones() -> None:
     assert "local" in text and "a plugin package may be missing" in text
 
 
+def test_a_backend_declaring_an_unknown_capability_is_refused_at_registration() -> None:
+    from runner.plugins.local import LocalBackend
+
+    class Boasting(LocalBackend):
+        name = "boasting"
+        capabilities = frozenset({"cancel", "teleport"})
+
+    class Plugin:
+        @hookimpl
+        def runner_register_backends(self, register: Any) -> None:
+            register(Boasting)
+
+    with pytest.raises(TypeError) as e:
+        collect(make_plugin_manager(extra=(Plugin(),)))
+    assert "['teleport']" in str(e.value) and "follow_logs" in str(e.value)
+
+
+def test_declared_capabilities_become_the_enum() -> None:
+    from runner.backend import Capability
+
+    reg = collect(make_plugin_manager())
+    for cls in reg.backends.values():
+        assert all(isinstance(c, Capability) for c in cls.capabilities), cls
+    assert Capability.REMOTE in reg.backends["remote_docker"].capabilities
+    assert Capability.REMOTE not in reg.backends["local"].capabilities
+
+
+def test_gpu_ids_of_a_target() -> None:
+    from runner.gpus import count_listed, device_ids
+
+    listing = "GPU 0: NVIDIA H100 (UUID: GPU-1)\nGPU 1: NVIDIA H100 (UUID: GPU-2)\n"
+    assert count_listed(listing) == 2
+    assert device_ids("all", lambda: count_listed(listing)) == ["0", "1"]
+    assert device_ids("1, 3", lambda: 99) == ["1", "3"]
+    assert device_ids("all", lambda: None) is None  # cannot be told apart: shared
+    assert device_ids(None, lambda: 2) is None
+    assert device_ids("none", lambda: 2) is None
+
+
 def test_a_backend_missing_a_method_cannot_be_instantiated() -> None:
     class Half(Backend):
         name = "half"
