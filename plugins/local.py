@@ -28,6 +28,7 @@ from runner.backend import (
 from runner.bundle import cache_root, worker_bundle
 from runner.environment import env_inputs, env_key, explain_miss
 from runner.errors import UserError
+from runner.proc import proc_stat
 from runner.request import DATA_DIR_ENV
 from runner.rundir import LocalDirHandleMixin, RunDir, lost_or_cancelled
 
@@ -42,13 +43,8 @@ class LocalConfig(BackendConfig):
 
 def _proc_state(pid: int) -> tuple[str, int] | None:
     """(state letter, process group) of ``pid``, or None if it does not exist."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            stat = f.read()
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
-        return None
-    fields = stat[stat.rfind(")") + 2 :].split()
-    return fields[0], int(fields[2])
+    st = proc_stat(pid)
+    return None if st is None else (st.state, st.pgid)
 
 
 def group_members(pgid: int) -> list[int]:
@@ -63,12 +59,8 @@ def group_members(pgid: int) -> list[int]:
 
 
 def _start_time(pid: int) -> str | None:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            stat = f.read()
-    except OSError:
-        return None
-    return stat[stat.rfind(")") + 2 :].split()[19]
+    st = proc_stat(pid)
+    return None if st is None else st.start_time
 
 
 class LocalHandle(LocalDirHandleMixin, RunHandle):
@@ -147,7 +139,7 @@ class LocalBackend(Backend):
     name = "local"
     Config = LocalConfig
     capabilities = frozenset({Capability.CANCEL, Capability.FOLLOW_LOGS, Capability.OUTPUTS,
-                              Capability.VENV})
+                              Capability.GPU, Capability.VENV})
     config: LocalConfig
 
     # -- environments ---------------------------------------------------------

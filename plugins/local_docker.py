@@ -15,7 +15,6 @@ import shlex
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -32,10 +31,9 @@ from runner.backend import (
     RunStatus,
 )
 from runner.bundle import worker_bundle
-from runner.errors import UserError
 from runner.plugins import _docker as dk
-from runner.request import DATA_DIR_ENV
 from runner.rundir import LocalDirHandleMixin, RunDir, lost_or_cancelled
+from runner.units import size_text
 
 #: seconds a container may sit in "Created" before its run counts as never started
 CREATED_PATIENCE = 60.0
@@ -44,21 +42,10 @@ RECHECK = 1.0
 
 
 @dataclass
-class LocalDockerConfig(BackendConfig):
+class LocalDockerConfig(dk.DockerTargetConfig):
+    """The keys of ``conf/target/local_docker.yaml``: those of every Docker target."""
+
     backend: str = "local_docker"  # this backend
-    slots: int = 1  # concurrent runs (sweeps)
-    gpus: str | None = None  # GPUs this machine offers to runs: null, "all" or "0,1"
-    docker: str = "docker"  # the docker CLI to call
-    base_image: str = "runner-base:bookworm"  # base of envs that name no base_image
-    pull: bool = False  # `docker pull` a missing base image (needs a reachable registry)
-    cpus: float | None = None  # CPU limit per run (docker --cpus); null = no limit
-    memory: str | None = None  # memory limit per run, e.g. "4g"; over it the run is OOM-killed
-    shm_size: str | None = None  # /dev/shm size, e.g. "1g"; null = the engine's 64m
-    network: str = "default"  # run network: default (the engine's), host or none
-    build_network: str = "host"  # network for image builds (pip and apt need DNS)
-    gpu_preflight: bool = True  # check in prepare that the framework in the image sees a GPU
-    cancel_grace: float = 10.0  # seconds between SIGTERM and SIGKILL when cancelling
-    cache_volume: str | None = "runner-cache"  # named volume at /runner/cache for downloads; null = none
 
 
 class DockerHandle(LocalDirHandleMixin, RunHandle):
@@ -97,19 +84,19 @@ class DockerHandle(LocalDirHandleMixin, RunHandle):
             self._settled = True
             return final
         state = info.get("State") or {}
-        if state.get("Status") in ("running", "paused", "restarting"):
+        if state.get("Status") in dk.LIVE:
             if st is not None and st.terminal:
                 # the worker wrote its final status and is exiting; settle once it has
                 info = self._await_exit(5.0) or info
-                if (info.get("State") or {}).get("Status") in ("running", "paused", "restarting"):
+                if (info.get("State") or {}).get("Status") in dk.LIVE:
                     return st
-            elif st is not None and st.state == RunState.RUNNING:
-                self._seen_running = time.monotonic()
-                return st
             else:
-                return RunStatus(RunState.RUNNING)
+                if st is not None and st.state == RunState.RUNNING:
+                    self._seen_running = time.monotonic()
+                return dk.running_status(st)
         elif state.get("Status") == "created":
-            if _age(str(info.get("Created", ""))) < CREATED_PATIENCE:
+            created = dk.created_epoch(str(info.get("Created", "")))  # 0: unreadable, so young
+            if not created or time.time() - created < CREATED_PATIENCE:
                 return st if st is not None and not st.terminal else RunStatus(RunState.QUEUED)
             # its client died between create and start: it will never run
             final = lost_or_cancelled(self.rd, f"container {self.container} was created but "
@@ -135,22 +122,10 @@ class DockerHandle(LocalDirHandleMixin, RunHandle):
         if info is None:
             return st or lost_or_cancelled(self.rd, "the container is gone")
         state = info.get("State") or {}
-        code = state.get("ExitCode")
-        if state.get("OOMKilled"):
-            limit = int((info.get("HostConfig") or {}).get("Memory") or 0)
-            where = f" of {_size(limit)}" if limit else ""
-            worker_code = st.exit_code if st is not None and st.terminal else None
-            final = RunStatus(
-                RunState.FAILED, exit_code=worker_code or code or 137, oom=True,
-                message=f"out of memory: killed for exceeding the container's memory limit{where}"
-                        " (raise target.memory, or use less)")
-        elif st is not None and st.terminal:
-            final = st
-        else:
-            final = lost_or_cancelled(
-                self.rd, f"the worker ended without a final status (container exit code {code})")
-            if final.state == RunState.LOST:
-                final = RunStatus(RunState.LOST, exit_code=code, message=final.message)
+        limit = int((info.get("HostConfig") or {}).get("Memory") or 0)
+        final = dk.ended_status(st, state, cancelled=self.rd.cancel_requested,
+                                memory=size_text(limit).replace(".0 ", " ") if limit else None,
+                                gone="")
         if final != st:
             self.rd.write_status(final)
         self.cli.remove(self.container)
@@ -176,27 +151,6 @@ class DockerHandle(LocalDirHandleMixin, RunHandle):
 
 
 
-def _age(created: str) -> float:
-    """Seconds since docker's RFC 3339 ``Created`` time (0 when it cannot be read)."""
-    try:
-        t = datetime.fromisoformat(created.split(".")[0].rstrip("Z")).replace(tzinfo=UTC)
-    except ValueError:
-        return 0.0
-    return time.time() - t.timestamp()
-
-
-def _size(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}".replace(".0 ", " ")
-        n = n / 1024  # type: ignore[assignment]
-    return str(n)
-
-
-#: (engine, image id, GPUs) whose GPU preflight passed in this process
-_PREFLIGHT_PASSED: set[tuple[str, str, str | None]] = set()
-
-
 class LocalDockerBackend(Backend):
     """Runs the worker in a container on this machine; envs are images cached by content."""
 
@@ -213,12 +167,6 @@ class LocalDockerBackend(Backend):
         self.cli = dk.DockerCLI(docker=c.docker, where="this machine")
 
     # -- environments -------------------------------------------------------------------------
-    def _gpus(self, spec: RunSpec) -> str | None:
-        gpus = spec.gpus if spec.gpus is not None else spec.env.gpus
-        if gpus is None and spec.env.require_gpu:
-            gpus = "all"
-        return None if gpus in ("", "none") else gpus
-
     def prepare(self, spec: RunSpec) -> Prepared:
         bundle, bundle_key = worker_bundle()
         base = spec.env.base_image or self.config.base_image
@@ -226,24 +174,9 @@ class LocalDockerBackend(Backend):
                                     build_network=self.config.build_network, pull=self.config.pull)
         details: dict[str, Any] = {"image": image.tag, "image_id": image.image_id,
                                    "python": image.python}
-        gpus = self._gpus(spec)
-        passed = (self.cli.where, image.image_id, gpus)
-        if gpus and self.config.gpu_preflight and passed in _PREFLIGHT_PASSED:
-            details["gpu_preflight"] = "passed earlier in this process for this image and GPUs"
-        elif gpus and self.config.gpu_preflight:
-            pre = dk.gpu_preflight(self.cli, image.tag, gpus)
-            details["gpu_preflight"] = pre.render()
-            if pre.ok:
-                # a sweep prepares once per job: check each image and GPU set once, not per job
-                _PREFLIGHT_PASSED.add(passed)
-            if not pre.ok:
-                raise UserError(
-                    f"GPU preflight failed for env {spec.env.name} on {self.cli.where} "
-                    f"(--gpus {gpus}, image {image.tag}): missing layer: {pre.missing}.",
-                    *pre.render().splitlines(),
-                    "the run was not started (it would have trained on the CPU). Fix the missing "
-                    "layer, or run without GPUs (gpus: null).",
-                )
+        gpus = dk.run_gpus(spec)
+        if gpus and self.config.gpu_preflight:
+            dk.check_gpus(self.cli, spec, image.tag, image.image_id, gpus, details)
         return Prepared(image.key, image.cached, image.reason, details)
 
     # -- runs ---------------------------------------------------------------------------------
@@ -253,47 +186,16 @@ class LocalDockerBackend(Backend):
         request = spec.request
         if request is None:
             raise ValueError(f"run {spec.run_id}: submit needs the spec's request")
-        gpus = self._gpus(spec)
-        labels = {
-            dk.L_MANAGED: "1", dk.L_KIND: "run", dk.L_RUN_ID: spec.run_id,
-            dk.L_TARGET: spec.target_name, dk.L_PROJECT: str(spec.project_root),
-            dk.L_RUN_DIR: str(rd.path.resolve()),
-            dk.L_ENV_KEY: prepared.env_key,
-            **{f"{dk.LABEL}.label.{k}": str(v) for k, v in spec.labels.items()},
-        }
-        env = {"TINI_KILL_PROCESS_GROUP": "1"}  # a cancel reaches the model's own children
-        user = dk.user_arg()
-        if user and not user.startswith("0:"):
-            env["HOME"] = "/tmp"  # the client's uid has no home in the image
-        visible = dk.visible_devices(gpus)
-        if visible is not None:
-            env["CUDA_VISIBLE_DEVICES"] = visible
         # data stays where it is: bind-mounted read-only, never copied
-        staged = [d for d in request.data_inputs if not d.on_target]
-        if staged:
-            env[DATA_DIR_ENV] = dk.DATA_MOUNT
-        if self.config.cache_volume:
-            env.update(dk.cache_env())
-        container = dk.ContainerSpec(
-            name=f"runner-{spec.run_id}",
-            image=str(prepared.details.get("image") or dk.image_tag(prepared.env_key)),
-            command=dk.worker_command(),
-            labels=labels,
-            mounts=[(str(rd.path.resolve()), dk.RUN_MOUNT)],
-            readonly=dk.data_mounts(request.data_inputs, lambda d: d.source),
-            volumes=[(self.config.cache_volume, dk.CACHE_MOUNT)] if self.config.cache_volume else [],
-            workdir=f"{dk.RUN_MOUNT}/code" if rd.code.is_dir() else dk.RUN_MOUNT,
-            env=env,
+        container = dk.run_container(
+            self.config, spec, prepared, run_dir=str(rd.path.resolve()),
+            data_path=lambda d: d.source, user=dk.user_arg(),
             # secrets travel by name only: docker copies their values from this process's env
-            pass_env=[n for n in request.secret_env if n in os.environ],
-            user=user,
-            network=self.config.network, cpus=self.config.cpus, memory=self.config.memory,
-            shm_size=self.config.shm_size, gpus=gpus,
-        )
+            pass_env=[n for n in request.secret_env if n in os.environ])
         r = self.cli(*container.argv(), timeout=120)
         if not r.ok:
             self.cli("rm", "-f", container.name, timeout=60)  # a failed start leaves "Created"
-            raise dk.start_error(r, self.cli.where, container.image, gpus)
+            raise dk.start_error(r, self.cli.where, container.image, container.gpus)
         return DockerHandle(spec.run_id, rd.path, container.name, self.cli, self.config.cancel_grace)
 
     def reattach(self, run_id: str, run_dir: Path, locator: Mapping[str, Any]) -> RunHandle:

@@ -66,7 +66,7 @@ from runner.bundle import cache_root, worker_bundle
 from runner.environment import env_inputs, env_key, expand_requirements, explain_miss
 from runner.errors import UserError
 from runner.request import DATA_DIR_ENV, DataInput, DataKind, RunRequest
-from runner.rundir import RunDir, write_json_atomic
+from runner.rundir import RunDir, log_lines, write_json_atomic
 
 BEGIN = "@@runner-results"
 END = "@@runner-results-end"
@@ -353,18 +353,15 @@ class RayHandle(RunHandle):
     def logs(self, offset: int = 0) -> Iterator[tuple[int, str]]:
         ended = self.status().terminal
         data = self._raw_log().encode()
-        pos, hiding = 0, False
-        for raw in data.splitlines(keepends=True):
-            start = pos
-            pos += len(raw)
-            if not raw.endswith(b"\n") and not ended:
-                return
-            if raw.startswith(BEGIN.encode() + b" "):
-                hiding = True
+        start, hiding = 0, False
+        for pos, line in log_lines(data, 0, final=ended):
+            if line.startswith(BEGIN + " "):
+                hiding = True  # the block of results at the end is for the client, not the log
             if start >= offset and not hiding:
-                yield pos, raw.decode("utf-8", "replace")
-            if hiding and raw.startswith(END.encode()):
+                yield pos, line
+            if hiding and line.startswith(END):
                 hiding = False
+            start = pos
 
     def fetch_outputs(self, dest: Path) -> None:
         if not self.status().terminal:

@@ -96,6 +96,8 @@ def target_config(
     if not isinstance(node, DictConfig) or "backend" not in node:
         raise UserError(f"{path}: a target needs a 'backend' key.",
                         f"registered backends: {', '.join(sorted(registry.backends))}")
+    if "defaults" in node:  # read from the file itself (doctor, gc), not composed by Hydra
+        node = OmegaConf.masked_copy(node, [str(k) for k in node if k != "defaults"])
     name = str(node.backend)
     cls = registry.backend(name, where=f"target '{choice}' ({path}) asks for ")
     conf = _validate(cls.Config, node, what=f"backend '{name}'", path=path, prefix="target")
@@ -129,13 +131,30 @@ def model_instance(cfg: DictConfig, choice: str, registry: Registry, dirs: list[
     return cls(conf)
 
 
+#: Where each backend's target keys and their defaults are offered to target files, which
+#: then list only what differs: ``defaults: [/runner/target/BACKEND@_here_, _self_]``.
+SCHEMA_GROUP = "runner/target"
+
+
+def schema_defaults(schema: type) -> dict[str, Any]:
+    """Every key of a config dataclass with its default value."""
+    return dataclasses.asdict(schema())
+
+
 def store_plugin_configs(registry: Registry, dirs: list[Path]) -> None:
     """Offer every registered model and backend as a config option built from its schema's
     defaults (``model=NAME``, ``target=NAME``), so a plugin works without shipping YAML.
-    A file of the same name in a ``conf/`` folder takes precedence."""
+    A file of the same name in a ``conf/`` folder takes precedence.
+
+    Each backend's defaults are also stored as ``runner/target/BACKEND``, untyped (the
+    schema still validates after composition, with its own errors), so that a target file
+    can extend them and every key can be overridden on the command line."""
     from hydra.core.config_store import ConfigStore
 
     cs = ConfigStore.instance()
+    for name, backend_cls in registry.backends.items():
+        cs.store(group=SCHEMA_GROUP, name=name, node=schema_defaults(backend_cls.Config),
+                 provider="runner-plugins")
     for name, model_cls in registry.models.items():
         if name in options("model", dirs):
             continue

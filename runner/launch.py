@@ -263,12 +263,9 @@ def _client_alive(client: dict[str, Any]) -> bool:
         return time.time() - float(client.get("time") or 0) < 3600
     if not pid:
         return False
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            state = f.read().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state not in ("Z", "X")
+    from runner.proc import alive
+
+    return alive(pid)
 
 
 def redact_override(text: str) -> str:

@@ -77,7 +77,7 @@ def make_plugin_manager(
 
 
 def _check_capabilities(cls: type[Backend], plugin: str) -> None:
-    caps = getattr(cls, "capabilities", frozenset())
+    caps: Any = getattr(cls, "capabilities", frozenset())
     unknown = sorted(str(c) for c in caps if c not in CAPABILITIES)
     if unknown or isinstance(caps, str):
         raise TypeError(
@@ -97,7 +97,7 @@ def collect(pm: pluggy.PluginManager) -> Registry:
             name: str = getattr(cls, "name", "")
             if not name:
                 raise TypeError(f"plugin {plugin} registered {cls.__name__} without a `name`")
-            if base is Backend:
+            if issubclass(cls, Backend):
                 _check_capabilities(cls, plugin)
             if name in table:
                 raise UserError(

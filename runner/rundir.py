@@ -138,12 +138,7 @@ class RunDir:
                 data = f.read()
         except FileNotFoundError:
             return
-        pos = offset
-        for raw in data.splitlines(keepends=True):
-            if not raw.endswith(b"\n") and not final:
-                break
-            pos += len(raw)
-            yield pos, raw.decode("utf-8", "replace")
+        yield from log_lines(data, offset, final=final)
 
     # -- metrics ---------------------------------------------------------------
     def read_metrics(self) -> list[dict[str, Any]]:
@@ -174,6 +169,18 @@ def append_metric(path: Path, name: str, value: float, step: int | None) -> None
         os.write(fd, (line + "\n").encode())
     finally:
         os.close(fd)
+
+
+def log_lines(data: bytes, offset: int, *, final: bool) -> Iterator[tuple[int, str]]:
+    """``(next_offset, line)`` for each complete line of ``data``, the log's bytes from byte
+    ``offset`` on: the framing every backend's :meth:`RunHandle.logs` yields. A trailing
+    partial line is held back (it may still grow) unless ``final``."""
+    pos = offset
+    for raw in data.splitlines(keepends=True):
+        if not raw.endswith(b"\n") and not final:
+            return
+        pos += len(raw)
+        yield pos, raw.decode("utf-8", "replace")
 
 
 def lost_or_cancelled(rd: RunDir, why: str) -> RunStatus:

@@ -16,7 +16,8 @@ from runner.errors import UserError
 
 MASK = "****"
 _SECRET_KEY = re.compile(r"(password|passwd|passphrase|token|secret|api_?key|credential|private_?key)", re.I)
-_ENV_REF = re.compile(r"^\$\{oc\.env:([A-Za-z_][A-Za-z0-9_]*)(,[^}]*)?\}$")
+#: ``${oc.env:VAR}`` or ``${oc.env:VAR,default}``: how a secret travels (by name, never by value)
+ENV_REF = re.compile(r"\$\{oc\.env:([A-Za-z_][A-Za-z0-9_]*)(?:,([^}]*))?\}")
 #: Shapes of well-known credentials, masked wherever they appear.
 _SECRET_VALUE = re.compile(
     r"(gh[pousr]_[A-Za-z0-9]{20,}|github_pat_[A-Za-z0-9_]{20,}|sk-[A-Za-z0-9_-]{20,}"
@@ -33,7 +34,7 @@ def is_secret_key(key: str) -> bool:
 def env_ref(value: Any) -> str | None:
     """The variable name if ``value`` is exactly ``${oc.env:VAR}`` (or with a default)."""
     if isinstance(value, str):
-        m = _ENV_REF.match(value.strip())
+        m = ENV_REF.fullmatch(value.strip())
         if m:
             return m.group(1)
     return None

@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import platform
 import random
-import re
 import shutil
 import signal
 import socket
@@ -28,8 +27,6 @@ from typing import Any
 from runner.backend import RunState, RunStatus
 from runner.request import DATA_DIR_ENV, RunRequest
 from runner.rundir import WORKER, RunDir, append_metric, write_json_atomic
-
-_ENV_REF = re.compile(r"\$\{oc\.env:([A-Za-z_][A-Za-z0-9_]*)(?:,([^}]*))?\}")
 
 
 class Cancelled(BaseException):
@@ -64,7 +61,9 @@ def resolve_env_refs(value: Any) -> Any:
     """Resolve ``${oc.env:VAR}`` left in the request by the client (secrets travel as
     references, never as values) from the worker's environment."""
     if isinstance(value, str):
-        return _ENV_REF.sub(lambda m: os.environ.get(m.group(1), m.group(2) or ""), value)
+        from runner.secrets import ENV_REF
+
+        return ENV_REF.sub(lambda m: os.environ.get(m.group(1), m.group(2) or ""), value)
     if isinstance(value, dict):
         return {k: resolve_env_refs(v) for k, v in value.items()}
     if isinstance(value, list):

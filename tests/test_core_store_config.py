@@ -67,6 +67,7 @@ def _options() -> list[tuple[str, str]]:
 def test_every_packaged_config_composes_and_validates(group: str, option: str) -> None:
     reg = collect(make_plugin_manager())
     dirs = [conf.package_conf_dir()]
+    conf.store_plugin_configs(reg, dirs)  # the backends' defaults that target files extend
     with initialize_config_dir(config_dir=str(conf.package_conf_dir()), version_base="1.3"):
         cfg = compose("config", overrides=[f"{group}={option}"])
     choices = {"target": "local", "env": "current", "model": "sentiment_cnn", "data": "imdb", group: option}
@@ -82,6 +83,34 @@ def test_every_packaged_config_composes_and_validates(group: str, option: str) -
     for key, value in own.items():
         if key != "defaults":
             assert composed[key] == value, (group, option, key)
+
+
+def test_a_target_file_lists_only_what_differs_and_every_key_can_be_overridden(
+    project: Path, cli  # type: ignore[no-untyped-def]
+) -> None:
+    import yaml
+
+    target = project / "conf" / "target"
+    target.mkdir(parents=True)
+    (target / "box.yaml").write_text(
+        "defaults:\n  - /runner/target/local_docker@_here_\n  - _self_\n"
+        "backend: local_docker\ngpus: all\n")
+    res = cli("submit", "--cfg", "job", "target=box", "target.memory=4g", "model=script",
+              "model.path=x.py")
+    assert res.returncode == 0, res.stderr
+    shown = yaml.safe_load(res.stdout)["target"]
+    assert shown["gpus"] == "all" and shown["memory"] == "4g"  # from the file, from the line
+    assert shown["cancel_grace"] == 10.0 and shown["network"] == "default"  # the defaults
+    # the packaged targets are written the same way
+    res = cli("submit", "--cfg", "job", "target=local_docker", "target.shm_size=1g",
+              "model=script", "model.path=x.py")
+    assert res.returncode == 0 and yaml.safe_load(res.stdout)["target"]["shm_size"] == "1g"
+    # a misspelt key is still refused, with the fix
+    res = cli("submit", "target=box", "target.memroy=4g", "model=script", "model.path=x.py")
+    assert res.returncode == 2 and "target.memroy" in res.stderr and "Traceback" not in res.stderr
+    # runner doctor reads the file itself (not composed by Hydra): the defaults entry is no key
+    res = cli("doctor", "box")
+    assert "defaults" not in res.stderr and "not valid" not in res.stderr, res.stderr
 
 
 def test_a_bad_value_names_its_full_key() -> None:

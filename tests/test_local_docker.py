@@ -262,7 +262,7 @@ def _derive(tag: str, marker: str) -> None:
     assert r.returncode == 0, r.stderr
 
 
-def test_env_image_cache_hit_is_fast_and_a_miss_says_what_changed(
+def test_env_image_cache_hit_builds_nothing_and_a_miss_says_what_changed(
     tmp_path: Path, backend: LocalDockerBackend, scratch_images: list[str]
 ) -> None:
     base = f"runner-test-base:{tmp_path.name.lower()[-20:]}"
@@ -274,10 +274,9 @@ def test_env_image_cache_hit_is_fast_and_a_miss_says_what_changed(
     first = backend.prepare(spec)
     scratch_images.append(str(first.details["image"]))
     assert not first.cached
-    t0 = time.perf_counter()
-    hit = backend.prepare(spec)
-    assert time.perf_counter() - t0 < 1.0
+    hit = backend.prepare(spec)  # how fast a hit is: bench/docker_overhead.py
     assert hit.cached and hit.reason == "cached" and hit.env_key == first.env_key
+    assert hit.details["image_id"] == first.details["image_id"]  # nothing was rebuilt
     labels = json.loads(docker("image", "inspect", str(hit.details["image"])).stdout)[0]["Config"]["Labels"]
     assert json.loads(labels[dk.L_ENV_INPUTS])["requirements"] == ["pip"]
 
@@ -346,8 +345,10 @@ def test_a_passed_preflight_is_not_repeated_for_the_same_image_and_gpus(
         calls.append(gpus)
         return dk.Preflight(True, [("host driver", True, "stand-in")], None, {})
 
-    monkeypatch.setattr(dk, "gpu_preflight", passing)
-    monkeypatch.setattr(local_docker, "_PREFLIGHT_PASSED", set())
+    from runner.plugins._docker import target as docker_target
+
+    monkeypatch.setattr(docker_target, "gpu_preflight", passing)
+    monkeypatch.setattr(docker_target, "_PREFLIGHT_PASSED", set())
     env = EnvSpec(name="docker_python", base_image=BASE, gpus="0")
     for _ in range(3):  # a sweep prepares once per job
         backend.prepare(make_run(tmp_path, backend, "print(1)", env=env))
@@ -390,6 +391,19 @@ def test_cli_submit_runs_a_script_in_a_container(project: Path) -> None:
     r = run_cli("prepare", "target=local_docker", "env=docker_python", "model=script",
                 "model.path=train.py", f"env.base_image={BASE}", cwd=project)
     assert r.returncode == 0 and "cached" in r.stderr, r.stderr
+
+
+def test_a_project_with_its_own_runner_package_runs_in_a_container(project: Path) -> None:
+    # a project may well have a folder named like this tool; it must not hide the worker
+    (project / "runner").mkdir()
+    (project / "runner" / "__init__.py").write_text("raise ImportError('the project\\'s own')\n")
+    (project / "job.py").write_text("print('job ran')\n")
+    # the console script, as typed (`python -m runner.cli` here would import the project's)
+    runner_cmd = str(Path(sys.executable).parent / "runner")
+    r = subprocess.run([runner_cmd, "submit", "target=local_docker", "env=docker_python",
+                        "model=script", "model.path=job.py", f"env.base_image={BASE}"],
+                       cwd=project, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and "job ran" in r.stdout, r.stdout + r.stderr
 
 
 # -- TensorFlow in a container (slow: builds a tensorflow-cpu image once) ------------------------

@@ -233,10 +233,8 @@ def test_prepare_hits_the_same_image_key_as_local_docker(tmp_path: Path,
     spec = make_run(tmp_path, backend, "pass", env=ENV)
     backend.prepare(spec)
     again = RemoteDockerBackend(backend.config)  # a new client: nothing remembered
-    t0 = time.monotonic()
     hit = again.prepare(spec)
     assert hit.cached and hit.reason == "cached"
-    assert time.monotonic() - t0 < 5
     local = LocalDockerBackend(LocalDockerConfig(base_image=BASE)).prepare(spec)
     assert local.env_key == hit.env_key and local.cached  # the host's engine is this one
 

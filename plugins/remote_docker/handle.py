@@ -1,0 +1,200 @@
+"""The handle of a run on a remote host: status from one command, logs by byte offset over
+SFTP, cancel, and the run directory brought back when the run ends."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from runner.backend import (
+    RunHandle,
+    RunState,
+    RunStatus,
+)
+from runner.errors import UserError
+from runner.plugins import _docker as dk
+from runner.plugins._ssh import Session
+from runner.plugins.remote_docker.config import _q
+from runner.plugins.remote_docker.transfer import safe_extract
+from runner.rundir import LOG, OUTPUTS, RunDir, log_lines
+from runner.units import size_text
+
+if TYPE_CHECKING:
+    from runner.plugins.remote_docker.backend import RemoteDockerBackend
+
+
+# -- the handle ---------------------------------------------------------------------------------
+class RemoteHandle(RunHandle):
+    """A run container on a remote host's engine, its run directory there."""
+
+    def __init__(self, backend: RemoteDockerBackend, run_id: str, run_dir: Path, container: str,
+                 remote_dir: str) -> None:
+        super().__init__(run_id)
+        self.backend = backend
+        self.rd = RunDir(run_dir)
+        self.container = container
+        self.remote_dir = remote_dir
+        self.grace = backend.config.cancel_grace
+        self._settled = False
+
+    @property
+    def session(self) -> Session:
+        return self.backend.session
+
+    @property
+    def locator(self) -> dict[str, Any]:
+        return {"host": self.session.label, "container": self.container,
+                "remote_run_dir": self.remote_dir}
+
+    # -- what the host says ------------------------------------------------------------------
+    def _observe(self) -> tuple[RunStatus | None, dict[str, Any] | None, bool]:
+        """(status.json on the host, the container's State or None when gone, cancel asked)."""
+        d = self.backend.docker
+        r = self.session.run(
+            f"cat {_q(self.remote_dir)}/status.json 2>/dev/null; echo; echo '@@runner@@'; "
+            f"[ -e {_q(self.remote_dir)}/cancel ] && echo cancel; echo '@@runner@@'; "
+            f"{d} inspect --format '{{{{json .State}}}}' {_q(self.container)} 2>&1", timeout=60)
+        status_text, cancel_text, state_text = (r.stdout.split("@@runner@@\n") + ["", ""])[:3]
+        try:
+            st = RunStatus.from_dict(json.loads(status_text)) if status_text.strip() else None
+        except (json.JSONDecodeError, KeyError, ValueError):
+            st = None
+        state: dict[str, Any] | None
+        if r.ok:
+            state = json.loads(state_text.strip().splitlines()[-1])
+        elif "no such" in state_text.lower():
+            state = None
+        else:
+            raise RuntimeError(f"docker inspect on {self.session.label} failed: "
+                               f"{state_text.strip() or r.last_error()}")
+        return st, state, cancel_text.strip() == "cancel"
+
+    def status(self) -> RunStatus:
+        if self._settled:
+            local = self.rd.status()
+            if local is not None:
+                return local
+        st, state, cancelled = self._observe()
+        if state is None:
+            if st is not None and st.terminal:
+                return self._settle(st, None, cancelled)
+            return self._settle(None, None, cancelled)
+        if state.get("Status") in dk.LIVE:
+            return dk.running_status(st)
+        if state.get("Status") == "created":
+            return RunStatus(RunState.QUEUED)
+        return self._settle(st, state, cancelled)
+
+    def _settle(self, st: RunStatus | None, state: Mapping[str, Any] | None,
+                cancelled: bool) -> RunStatus:
+        """The run has ended: record the truth on the host, bring the run directory back,
+        remove the container and verify it is gone."""
+        final = dk.ended_status(st, state, cancelled=cancelled, memory=self.backend.config.memory,
+                                gone=f"container {self.container} vanished on {self.session.label}")
+        if final != st:
+            blob = json.dumps(final.to_dict() | {"time": time.time()})
+            self.session.run(f"cd {_q(self.remote_dir)} 2>/dev/null && printf '%s' {_q(blob)} "
+                             "> .status.json.tmp && mv -f .status.json.tmp status.json",
+                             timeout=60)
+        try:
+            self._fetch(self.rd.path)
+        finally:
+            self.backend.cli.remove(self.container)
+            self.rd.write_status(final)
+            self._settled = True
+        return final
+
+    def _fetch(self, dest: Path) -> None:
+        cfg = self.backend.config
+        cap_k = int(cfg.max_fetch_mb) * 1024
+        out = f"{self.backend.work_dir}/outgoing/{self.run_id}.{os.getpid()}.tar"
+        r = self.session.run(
+            f"cd {_q(self.remote_dir)} || exit 3; mkdir -p {_q(os.path.dirname(out))}; "
+            f"sz=$(du -sk --exclude=./code . | cut -f1); ex=''; "
+            f"if [ \"$sz\" -gt {cap_k} ]; then ex=--exclude=./outputs; echo \"over $sz\"; fi; "
+            f"tar -cf {_q(out)} --exclude=./code --exclude=./.runner-env $ex . 2>&1 "
+            "|| { echo 'tar failed'; exit 4; }", timeout=600)
+        if r.returncode == 3:
+            print(f"warning: run {self.run_id}: its directory {self.remote_dir} is gone from "
+                  f"{self.session.label}; nothing to fetch.", file=sys.stderr)
+            return
+        if not r.ok:
+            raise UserError(f"run {self.run_id}: packing {self.remote_dir} on "
+                            f"{self.session.label} failed: {r.stdout.strip() or r.last_error()}")
+        buf = bytearray()
+        try:
+            self.session.get_file(out, buf.extend)
+        finally:
+            self.session.run(f"rm -f {_q(out)}", timeout=60)
+        skipped = safe_extract(bytes(buf), dest, max_bytes=cap_k * 1024 + (64 << 20))
+        if skipped:
+            print(f"warning: run {self.run_id}: not fetched (links or paths outside the run "
+                  f"directory): {', '.join(skipped[:5])}", file=sys.stderr)
+        over = next((ln for ln in r.stdout.splitlines() if ln.startswith("over ")), None)
+        if over:
+            size = int(over.split()[1]) * 1024
+            note = (f"the outputs of run {self.run_id} are {size_text(size)} on {self.session.label}, "
+                    f"over target.max_fetch_mb ({cfg.max_fetch_mb} MiB): they stay at "
+                    f"{self.remote_dir}/outputs. Raise target.max_fetch_mb, or copy them with "
+                    f"scp/rsync.")
+            (Path(dest) / OUTPUTS).mkdir(parents=True, exist_ok=True)
+            (Path(dest) / OUTPUTS / "NOT_FETCHED.txt").write_text(note + "\n")
+            print(f"warning: {note}", file=sys.stderr)
+
+    # -- control -----------------------------------------------------------------------------
+    def cancel(self) -> RunStatus:
+        st = self.status()
+        if st.terminal:
+            self.backend.cli.remove(self.container)
+            return st
+        self.rd.request_cancel()
+        d = self.backend.docker
+        grace = max(1, math.ceil(self.grace))
+        self.session.run(f"touch {_q(self.remote_dir)}/cancel; "
+                         f"{d} stop --time {grace} {_q(self.container)} >/dev/null 2>&1",
+                         timeout=grace + 60)
+        deadline = time.monotonic() + 10
+        while True:
+            st2, state, _ = self._observe()
+            running = state is not None and state.get("Status") in ("running", "paused")
+            if not running or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        if running:
+            self.session.run(f"{d} kill {_q(self.container)} >/dev/null 2>&1", timeout=60)
+            st2, state, _ = self._observe()
+        return self._settle(st2, state, True)
+
+    # -- logs and outputs --------------------------------------------------------------------
+    def logs(self, offset: int = 0) -> Iterator[tuple[int, str]]:
+        if self._settled:
+            yield from self.rd.read_log(offset, final=True)
+            return
+        data = self.session.read_file(f"{self.remote_dir}/{LOG}", offset)
+        if not data:
+            return
+        self._mirror(offset, data)
+        yield from log_lines(data, offset, final=False)  # a partial line may still grow
+
+    def _mirror(self, offset: int, data: bytes) -> None:
+        """Keep the local log.txt a prefix of the host's, so `runner logs RUN` works offline."""
+        try:
+            with open(self.rd.log, "r+b" if self.rd.log.exists() else "wb") as f:
+                if f.seek(0, os.SEEK_END) >= offset:
+                    f.seek(offset)
+                    f.write(data)
+        except OSError:
+            pass
+
+    def fetch_outputs(self, dest: Path) -> None:
+        if not self._settled:
+            self.status()
+        if Path(dest).resolve() == self.rd.path.resolve():
+            return  # fetched when the run ended
+        self._fetch(Path(dest))
