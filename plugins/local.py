@@ -28,7 +28,7 @@ from runner.backend import (
 from runner.bundle import cache_root, worker_bundle
 from runner.environment import env_inputs, env_key, explain_miss
 from runner.errors import UserError
-from runner.proc import proc_stat
+from runner.proc import env_values, proc_stat
 from runner.request import DATA_DIR_ENV
 from runner.rundir import LocalDirHandleMixin, RunDir, lost_or_cancelled
 
@@ -107,29 +107,55 @@ class LocalHandle(LocalDirHandleMixin, RunHandle):
         self.rd.write_status(final)
         return final
 
+    def _strays(self) -> list[int]:
+        """Processes of the run that left its process group (a new session or group of their
+        own): they still carry the run's ``RUNNER_RUN_DIR``, which the worker sets for all."""
+        mine = self.rd.path.resolve()
+        group = set(group_members(self.pgid)) if self._alive() else set()
+        return [pid for pid, value in env_values("RUNNER_RUN_DIR").items()
+                if pid not in group and pid != os.getpid() and Path(value).resolve() == mine]
+
+    def _anything_left(self) -> bool:
+        return self._alive() or bool(self._strays())
+
     def cancel(self) -> RunStatus:
         st = self.status()
         if st.terminal:
+            self._kill_strays(signal.SIGKILL)  # a run that ended leaves nothing running either
             return st
         self.rd.request_cancel()
         self._signal(signal.SIGTERM)
+        self._kill_strays(signal.SIGTERM)
         deadline = time.monotonic() + self.grace
-        while self._alive() and time.monotonic() < deadline:
+        while self._anything_left() and time.monotonic() < deadline:
             time.sleep(0.05)
-        if self._alive():
+        if self._anything_left():
             self._signal(signal.SIGKILL)
+            self._kill_strays(signal.SIGKILL)
             deadline = time.monotonic() + 10
-            while self._alive() and time.monotonic() < deadline:
+            while self._anything_left() and time.monotonic() < deadline:
                 time.sleep(0.05)
         if self._alive():
             raise RuntimeError(f"run {self.run_id}: process group {self.pgid} survived SIGKILL")
+        left = self._strays()
+        if left:
+            raise RuntimeError(f"run {self.run_id}: processes {left} survived SIGKILL")
         return self.status()
 
     def _signal(self, sig: int) -> None:
+        if not self._alive():
+            return  # never signal a group whose leader's PID now names another process
         try:
             os.killpg(self.pgid, sig)
         except ProcessLookupError:
             pass
+
+    def _kill_strays(self, sig: int) -> None:
+        for pid in self._strays():
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
 
 
 

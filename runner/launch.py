@@ -24,11 +24,12 @@ from runner.backend import Backend, EnvSpec, Prepared, RunHandle, RunSpec, RunSt
 from runner.data import collect as collect_data
 from runner.errors import UserError
 from runner.model import Model
+from runner.proc import identity_alive
 from runner.registry import Registry, collect, make_plugin_manager
 from runner.request import DataInput, RunRequest
 from runner.rundir import CONFIG, META, RunDir, write_json_atomic
 from runner.secrets import env_ref, is_secret_key, redact, secret_refs
-from runner.store import RunRecord, Store, find_project_root
+from runner.store import LOCATOR_JSON, RunRecord, Store, find_project_root
 
 
 @dataclass
@@ -185,6 +186,8 @@ class Runs:
             self.finish(spec.run_id, st)
             raise
         self.store.update(spec.run_id, locator=handle.locator, state=RunState.RUNNING)
+        # the run directory holds how to reattach too: a rebuilt ledger can follow the run
+        write_json_atomic(rd.path / LOCATOR_JSON, handle.locator)
         try:
             self.pm.hook.runner_after_submit(spec=spec, handle=handle)
         except Exception as e:  # the run is already going; report, never kill it
@@ -203,17 +206,34 @@ class Runs:
             return record
         handle = self.handle(record)
         if handle is None:
-            # recorded, not yet submitted: fine while the client that prepares it lives
-            if not _client_alive(RunDir(record.run_dir).meta().get("client") or {}):
-                st = RunStatus(RunState.LOST, message="the client ended before the run was submitted")
-                RunDir(record.run_dir).write_status(st)
-                self.finish(record.id, st)
-            return self.store.get(record.id)
+            return self._refresh_unsubmitted(record)
         st = handle.status()
         if st.terminal:
             self.finish(record.id, st)
         elif st.state != record.state:
             self.store.update(record.id, state=st.state)
+        return self.store.get(record.id)
+
+    def _refresh_unsubmitted(self, record: RunRecord) -> RunRecord:
+        """A run recorded but not (yet) handed to its backend: fine while its creator lives.
+        Once the creator is gone, the run directory is the evidence: a final status there is
+        the truth; a worker that reported RUNNING started (its handle was never recorded);
+        only a run with neither is LOST."""
+        creator = record.creator or RunDir(record.run_dir).meta().get("client") or {}
+        if identity_alive(creator):
+            return record
+        rd = RunDir(record.run_dir)
+        st = rd.status()
+        if st is not None and st.terminal:
+            self.finish(record.id, st)
+        elif st is not None and st.state == RunState.RUNNING:
+            if record.state != RunState.RUNNING:
+                self.store.update(record.id, state=RunState.RUNNING)
+        else:
+            lost = RunStatus(RunState.LOST, message="its client ended before the run was submitted "
+                                                    "(nothing of it started)")
+            rd.write_status(lost)
+            self.finish(record.id, lost)
         return self.store.get(record.id)
 
     def reconcile(self) -> list[RunRecord]:
@@ -254,18 +274,6 @@ class Runs:
                 return
             time.sleep(delay)
             delay = min(poll, delay * 1.5)
-
-
-def _client_alive(client: dict[str, Any]) -> bool:
-    """Whether the client process that recorded a run still runs (same host only)."""
-    pid = client.get("pid")
-    if client.get("host") != socket.gethostname():  # a ledger shared across hosts: trust an hour
-        return time.time() - float(client.get("time") or 0) < 3600
-    if not pid:
-        return False
-    from runner.proc import alive
-
-    return alive(pid)
 
 
 def redact_override(text: str) -> str:

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import socket
+import time
 from dataclasses import dataclass
+from typing import Any
 
-__all__ = ["ProcStat", "alive", "proc_stat"]
+__all__ = ["ProcStat", "alive", "env_values", "identity", "identity_alive", "proc_stat",
+           "processes_with"]
 
 
 @dataclass(frozen=True)
@@ -40,3 +45,65 @@ def alive(pid: int | str) -> bool:
     """Whether ``pid`` is a live process (not a zombie)."""
     st = proc_stat(pid)
     return st is not None and st.alive
+
+
+def identity(pid: int | None = None) -> dict[str, Any]:
+    """What names a process for good: host, PID and its start time (a PID is reused, the
+    pair is not). Recorded with each run by the process that creates it."""
+    pid = os.getpid() if pid is None else pid
+    st = proc_stat(pid)
+    return {"host": socket.gethostname(), "pid": pid, "start": st.start_time if st else None,
+            "time": time.time()}
+
+
+def identity_alive(ident: dict[str, Any], *, other_host_patience: float = 3600.0) -> bool:
+    """Whether the process ``ident`` names still runs. On another host it cannot be asked:
+    it counts as alive for ``other_host_patience`` seconds after it was recorded."""
+    if ident.get("host") != socket.gethostname():
+        return time.time() - float(ident.get("time") or 0) < other_host_patience
+    pid = ident.get("pid")
+    if not pid:
+        return False
+    st = proc_stat(int(pid))
+    if st is None or not st.alive:
+        return False
+    return ident.get("start") in (None, st.start_time)  # else the PID now names another process
+
+
+def processes_with(field: str, *, source: str = "cmdline") -> list[int]:
+    """PIDs of this machine's live processes with ``field`` as one whole entry of their
+    ``/proc/PID/cmdline`` (an argument) or ``/proc/PID/environ`` (``NAME=value``)."""
+    want = field.encode()
+    found = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/{source}", "rb") as f:
+                entries = f.read().split(b"\0")
+        except OSError:
+            continue
+        if want in entries and alive(pid):
+            found.append(int(pid))
+    return found
+
+
+def env_values(name: str) -> dict[int, str]:
+    """``{pid: value}`` of variable ``name`` in the environment of each live process this
+    user may read (a process's environment is the one it started with)."""
+    prefix = name.encode() + b"="
+    out: dict[int, str] = {}
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                entries = f.read().split(b"\0")
+        except OSError:
+            continue
+        for e in entries:
+            if e.startswith(prefix):
+                if alive(pid):
+                    out[int(pid)] = e[len(prefix):].decode("utf-8", "replace")
+                break
+    return out

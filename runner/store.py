@@ -15,7 +15,7 @@ import sqlite3
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +39,8 @@ CREATE TABLE IF NOT EXISTS runs (
     job_key   TEXT,
     locator   TEXT,
     summary   TEXT NOT NULL DEFAULT '{}',
-    finished  REAL
+    finished  REAL,
+    creator   TEXT
 );
 CREATE INDEX IF NOT EXISTS runs_state ON runs(state);
 CREATE INDEX IF NOT EXISTS runs_sweep ON runs(sweep_id);
@@ -74,6 +75,8 @@ class RunRecord:
     summary: dict[str, float]
     finished: float | None
     run_dir: Path
+    #: the process that created the row (host, pid, start time; see :func:`runner.proc.identity`)
+    creator: dict[str, Any] | None = None
 
     @classmethod
     def _from_row(cls, row: sqlite3.Row, runs_dir: Path) -> RunRecord:
@@ -86,6 +89,7 @@ class RunRecord:
             locator=json.loads(row["locator"]) if row["locator"] else None,
             summary=json.loads(row["summary"] or "{}"), finished=row["finished"],
             run_dir=runs_dir / row["id"],
+            creator=json.loads(row["creator"]) if "creator" in row.keys() and row["creator"] else None,
         )
 
 
@@ -103,28 +107,86 @@ def new_run_id() -> str:
     return time.strftime("%y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
 
 
+#: In each run directory: the ledger row's fixed part, so the ledger can be rebuilt from them.
+ROW_JSON = "ledger.json"
+#: In each run directory: how to reattach the run (the handle's locator), written at submit.
+LOCATOR_JSON = "locator.json"
+#: What makes the ledger unusable, and what to do about it (first match of the cause wins).
+_LEDGER_FAULTS = (
+    (("file is not a database", "malformed", "not a database", "disk i/o error"),
+     "is damaged (not a readable SQLite database)",
+     "rebuild it from the run directories: runner ledger rebuild (the damaged file is kept "
+     "next to it)"),
+    (("readonly", "read-only", "errno 30"), "is on a read-only file system or not writable",
+     "make the folder writable, or point RUNNER_HOME at a writable folder"),
+    (("disk is full", "no space left", "errno 28", "quota"), "has no space left",
+     "free space on that disk, or point RUNNER_HOME at a folder on another one"),
+    (("permission denied", "errno 13", "unable to open"), "cannot be opened for writing",
+     "check the permissions of that folder (and that runs.db is a file), or point RUNNER_HOME "
+     "at a writable folder"),
+    (("not a directory", "file exists", "errno 20", "errno 17"),
+     "is in the way: a file stands where a folder must be",
+     "move that file away (the ledger folder is .runner/ in the project, or RUNNER_HOME)"),
+    (("file name too long", "errno 36"), "has a path that is too long for the file system",
+     "point RUNNER_HOME at a shorter path"),
+)
+
+
+def ledger_error(e: BaseException, where: Path) -> UserError:
+    """One clear error for a ledger that cannot be used: what, where, what to do."""
+    cause = str(e) or type(e).__name__
+    text = f"{cause} errno {getattr(e, 'errno', '')}".lower()
+    if isinstance(e, IsADirectoryError) or (where.name == "runs.db" and where.is_dir()):
+        return UserError(f"the run ledger {where} is a folder, not a database file.",
+                         "move it away; then `runner ledger rebuild` makes a new ledger from "
+                         "the run directories")
+    for needles, what, fix in _LEDGER_FAULTS:
+        if any(n in text for n in needles):
+            return UserError(f"the run ledger at {where} {what} ({cause}).", fix)
+    return UserError(f"the run ledger at {where} cannot be used: {cause}.",
+                     "check that folder (or RUNNER_HOME), or rebuild the ledger from the run "
+                     "directories: runner ledger rebuild")
+
+
 class Store:
     """The ledger of one project."""
 
     def __init__(self, home: Path) -> None:
         self.home = Path(home)
         self.runs_dir = self.home / "runs"
-        self.runs_dir.mkdir(parents=True, exist_ok=True)
-        ignore = self.home / ".gitignore"
-        if not ignore.exists():
-            ignore.write_text("*\n")  # the ledger never ends up in the user's commits
         self.db_path = self.home / "runs.db"
+        try:
+            self.runs_dir.mkdir(parents=True, exist_ok=True)
+            ignore = self.home / ".gitignore"
+            if not ignore.exists():
+                ignore.write_text("*\n")  # the ledger never ends up in the user's commits
+        except OSError as e:
+            raise ledger_error(e, self.home) from None
+        self._init_db()
+
+    def _init_db(self) -> None:
         with self._connect() as db:
             db.execute("PRAGMA journal_mode=WAL")  # persistent: readers never block the writer
             db.executescript(_SCHEMA)
+            cols = {r["name"] for r in db.execute("PRAGMA table_info(runs)")}
+            if "creator" not in cols:  # a ledger made by an older runner
+                db.execute("ALTER TABLE runs ADD COLUMN creator TEXT")
+
+    @staticmethod
+    def home_for(root: Path) -> Path:
+        """Where the ledger of the project at ``root`` lives (``RUNNER_HOME`` overrides)."""
+        return Path(os.environ.get("RUNNER_HOME") or root / ".runner")
 
     @classmethod
     def for_project(cls, root: Path) -> Store:
-        return cls(Path(os.environ.get("RUNNER_HOME") or root / ".runner"))
+        return cls(cls.home_for(root))
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(self.db_path, timeout=30, isolation_level=None)
+        try:
+            db = sqlite3.connect(self.db_path, timeout=30, isolation_level=None)
+        except (sqlite3.Error, OSError) as e:
+            raise ledger_error(e, self.db_path) from None
         db.row_factory = sqlite3.Row
         try:
             db.execute("PRAGMA busy_timeout=30000")
@@ -132,29 +194,46 @@ class Store:
             # a power cut may drop the last transactions (and never corrupts the database)
             db.execute("PRAGMA synchronous=NORMAL")
             yield db
+        except sqlite3.IntegrityError:
+            raise
+        except (sqlite3.DatabaseError, OSError) as e:
+            raise ledger_error(e, self.db_path) from None
         finally:
             db.close()
 
     # -- writes ---------------------------------------------------------------
     def create_run(
         self, *, target: str, backend: str, model: str, sweep_id: str | None = None,
-        job_key: str | None = None,
+        job_key: str | None = None, creator: Mapping[str, Any] | None = None,
     ) -> RunRecord:
+        """Add a QUEUED run and make its directory. The row names its creator (this process
+        unless ``creator`` says otherwise) from the moment it exists, so that no other process
+        takes a run that is still being prepared for one whose client is gone."""
+        from runner.proc import identity
+
         now = time.time()
+        who = json.dumps(dict(creator) if creator is not None else identity())
         for _ in range(5):
             run_id = new_run_id()
             try:
                 with self._connect() as db:
                     db.execute(
                         "INSERT INTO runs (id, created, updated, state, target, backend, model,"
-                        " sweep_id, job_key) VALUES (?,?,?,?,?,?,?,?,?)",
+                        " sweep_id, job_key, creator) VALUES (?,?,?,?,?,?,?,?,?,?)",
                         (run_id, now, now, RunState.QUEUED.value, target, backend, model,
-                         sweep_id, job_key),
+                         sweep_id, job_key, who),
                     )
                 break
             except sqlite3.IntegrityError:
                 continue
-        (self.runs_dir / run_id).mkdir(parents=True, exist_ok=True)
+        try:
+            (self.runs_dir / run_id).mkdir(parents=True, exist_ok=True)
+            _write_json(self.runs_dir / run_id / ROW_JSON, {
+                "id": run_id, "created": now, "target": target, "backend": backend,
+                "model": model, "sweep_id": sweep_id, "job_key": job_key,
+                "creator": json.loads(who)})
+        except OSError as e:
+            raise ledger_error(e, self.runs_dir / run_id) from None
         return self.get(run_id)
 
     def update(self, run_id: str, *, only_if_active: bool = False, **fields: Any) -> bool:
@@ -183,9 +262,14 @@ class Store:
 
     def create_sweep(self, target: str, info: Mapping[str, Any]) -> str:
         sweep_id = "s" + new_run_id()
+        now = time.time()
         with self._connect() as db:
             db.execute("INSERT INTO sweeps (id, created, target, info) VALUES (?,?,?,?)",
-                       (sweep_id, time.time(), target, json.dumps(dict(info))))
+                       (sweep_id, now, target, json.dumps(dict(info))))
+        home = self.home / "sweeps" / sweep_id
+        home.mkdir(parents=True, exist_ok=True)
+        _write_json(home / ROW_JSON, {"id": sweep_id, "created": now, "target": target,
+                                      "info": dict(info)})
         return sweep_id
 
     # -- reads ----------------------------------------------------------------
@@ -256,3 +340,96 @@ class Store:
                 (job_key, state.value),
             ).fetchone()
         return RunRecord._from_row(row, self.runs_dir) if row else None
+
+
+def _write_json(path: Path, data: Mapping[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, default=str))
+    os.replace(tmp, path)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+@dataclass
+class RebuildReport:
+    """What :func:`rebuild` found."""
+
+    runs: int = 0  #: run directories recorded again
+    sweeps: int = 0  #: sweeps recorded again
+    skipped: list[str] = field(default_factory=list)  #: folders that are not run directories
+    kept: Path | None = None  #: where the old (damaged) database was moved
+
+
+def rebuild(home: Path) -> RebuildReport:
+    """Make a new ledger from the run directories under ``home`` (``runs/*``, and
+    ``sweeps/*``): the database only indexes them, so nothing is lost when it breaks.
+    The old database, when there is one, is kept as ``runs.db.broken-TIME``."""
+    from runner.backend import RunStatus
+
+    home = Path(home)
+    report = RebuildReport()
+    db_path = home / "runs.db"
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    try:
+        if db_path.exists() or db_path.is_symlink():
+            report.kept = db_path.with_name(f"runs.db.broken-{stamp}")
+            os.replace(db_path, report.kept)
+        for side in ("runs.db-wal", "runs.db-shm"):
+            if (home / side).exists():
+                os.replace(home / side, home / f"{side}.broken-{stamp}")
+    except OSError as e:
+        raise ledger_error(e, db_path) from None
+    store = Store(home)
+    sweeps_dir = home / "sweeps"
+    with store._connect() as db:
+        for d in sorted(sweeps_dir.iterdir()) if sweeps_dir.is_dir() else []:
+            row = _read_json(d / ROW_JSON)
+            if not row:
+                continue
+            db.execute("INSERT OR REPLACE INTO sweeps (id, created, target, info) VALUES (?,?,?,?)",
+                       (d.name, float(row.get("created") or d.stat().st_mtime),
+                        str(row.get("target") or ""), json.dumps(row.get("info") or {})))
+            report.sweeps += 1
+        for d in sorted(store.runs_dir.iterdir()):
+            row = _read_json(d / ROW_JSON)
+            meta = _read_json(d / "meta.json")
+            request = _read_json(d / "request.json")
+            if not (row or meta or request):
+                report.skipped.append(d.name)
+                continue
+            st_data = _read_json(d / "status.json")
+            try:
+                st = RunStatus.from_dict(st_data) if st_data else None
+            except (KeyError, ValueError):
+                st = None
+            locator = _read_json(d / LOCATOR_JSON) or None
+            if st is None:
+                st = RunStatus(RunState.LOST, message="the ledger was rebuilt and this run left "
+                                                      "no status")
+            from runner.rundir import RunDir
+
+            created = float(row.get("created") or (meta.get("client") or {}).get("time")
+                            or d.stat().st_mtime)
+            db.execute(
+                "INSERT OR REPLACE INTO runs (id, created, updated, state, exit_code, oom, message,"
+                " target, backend, model, env_key, sweep_id, job_key, locator, summary, finished,"
+                " creator) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (d.name, created, time.time(), st.state.value, st.exit_code, int(st.oom),
+                 st.message,
+                 str(row.get("target") or (meta.get("choices") or {}).get("target") or "?"),
+                 str(row.get("backend") or (meta.get("target_config") or {}).get("backend") or "?"),
+                 str(row.get("model") or request.get("model") or "?"),
+                 None, row.get("sweep_id") or meta.get("sweep_id"), row.get("job_key"),
+                 json.dumps(locator) if locator else None,
+                 json.dumps(RunDir(d).summary()),
+                 (d / "status.json").stat().st_mtime if st.terminal and (d / "status.json").exists()
+                 else None,
+                 json.dumps(row.get("creator")) if row.get("creator") else None))
+            report.runs += 1
+    return report

@@ -39,7 +39,7 @@ from runner.backend import (
     RunState,
     RunStatus,
 )
-from runner.proc import alive
+from runner.proc import processes_with
 from runner.request import DataInput, RunRequest
 from runner.rundir import RunDir
 from runner.store import new_run_id
@@ -292,26 +292,6 @@ class BackendContract:
                          else RunState.SUCCEEDED)
         assert handle.status().state == ended
         self.assert_nothing_left(handle)
-
-
-def processes_with(field: str, *, source: str = "cmdline") -> list[int]:
-    """PIDs of this machine's live processes with ``field`` as one whole entry of their
-    ``/proc/PID/cmdline`` (an argument) or ``/proc/PID/environ`` (``NAME=value``)."""
-    import os
-
-    want = field.encode()
-    found = []
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            with open(f"/proc/{pid}/{source}", "rb") as f:
-                entries = f.read().split(b"\0")
-        except OSError:
-            continue
-        if want in entries and alive(pid):
-            found.append(int(pid))
-    return found
 
 
 def wait_until_gone(field: str, *, source: str = "cmdline", timeout: float = 10) -> list[int]:

@@ -72,3 +72,31 @@ def test_declared_env_is_a_cached_virtualenv_keyed_by_content(tmp_path: Path) ->
     third = backend.prepare(third_spec)
     assert third.env_key != first.env_key
     assert not third.cached and "requirements changed (+six)" in third.reason
+
+
+def test_cancel_ends_a_child_that_left_for_a_session_of_its_own(project: Path) -> None:
+    import uuid
+
+    from runner.testing import processes_with, wait_until_gone
+
+    from .conftest import run_cli
+
+    marker = f"escapee-{uuid.uuid4().hex}"
+    (project / "escape.py").write_text(
+        "import subprocess, sys, time\n"
+        "subprocess.Popen([sys.executable, '-c', 'import os, time; os.setsid(); time.sleep(600)',"
+        " sys.argv[1]])\n"
+        "time.sleep(0.5)\nprint('escaped', flush=True)\ntime.sleep(600)\n")
+    r = run_cli("submit", "--detach", "model=script", "model.path=escape.py",
+                f"model.args=[{marker}]", "target.cancel_grace=2", cwd=project)
+    assert r.returncode == 0, r.stderr
+    deadline = time.monotonic() + 60
+    while "escaped" not in run_cli("logs", "last", cwd=project).stdout:
+        assert time.monotonic() < deadline, "the script never started its child"
+        time.sleep(0.3)
+    assert len(processes_with(marker)) == 2  # the script and the child in its own session
+    res = run_cli("cancel", "last", cwd=project)
+    assert res.returncode == 0 and "CANCELLED" in res.stderr, res.stderr
+    assert wait_until_gone(marker, timeout=10) == []  # nothing of the run is left
+    shown = run_cli("runs", cwd=project).stdout
+    assert "CANCELLED" in shown
