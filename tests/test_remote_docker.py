@@ -155,11 +155,13 @@ def test_attach_checks_then_writes_the_target_and_a_run_goes_through_it(
     (project / "job.py").write_text("import runner\nprint('on the remote', flush=True)\n"
                                     "runner.log_metric('acc', 0.75)\n"
                                     "(runner.outputs_dir() / 'model.txt').write_text('weights')\n")
+    # a documented key the file leaves at its default is overridden as typed (no "+")
     r = run_cli("submit", "target=gpubox", "env=docker_python", "model=script",
-                "model.path=job.py", cwd=project, timeout=300)
+                "model.path=job.py", "target.memory=512m", cwd=project, timeout=300)
     assert r.returncode == 0, r.stderr
     assert "on the remote" in r.stdout and "SUCCEEDED" in r.stderr
     rd = next((project / ".runner" / "runs").iterdir())
+    assert RunDir(rd).meta()["target_config"]["memory"] == "512m"
     assert (rd / "outputs" / "model.txt").read_text() == "weights"  # fetched back
     assert RunDir(rd).summary() == {"acc": 0.75}
     assert containers_of(rd.name) == []

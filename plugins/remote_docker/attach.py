@@ -51,9 +51,15 @@ def _yaml_value(v: Any) -> str:
 
 
 def target_yaml(c: RemoteDockerConfig, comment: str) -> str:
-    """A commented target file for ``c`` (only the keys that differ from the defaults are
-    active; the rest are listed, commented out, to show what can be set)."""
-    lines = [f"# {comment}", "backend: remote_docker"]
+    """A commented target file for ``c``. It extends the backend's defaults (so every key
+    can be set on the command line: ``target.memory=16g``); only the keys that differ from
+    them are active, the rest are listed, commented out, to show what can be set."""
+    from runner.config import SCHEMA_GROUP
+
+    lines = [f"# {comment}",
+             "# every key starts at its default; `runner submit --cfg job target=NAME` shows them",
+             "defaults:", f"  - /{SCHEMA_GROUP}/remote_docker@_here_", "  - _self_",
+             "backend: remote_docker"]
     defaults = RemoteDockerConfig()
     for f in dataclasses.fields(RemoteDockerConfig):
         if f.name == "backend":
