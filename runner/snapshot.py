@@ -11,6 +11,7 @@ import hashlib
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -66,14 +67,21 @@ def _ignored(rel: str, patterns: list[str]) -> bool:
 def project_files(root: Path, exclude: tuple[Path, ...] = ()) -> list[str]:
     """Project-relative paths of the files a snapshot takes; files under ``exclude`` (data
     inputs that live in the project and travel as data) are left out."""
+    return _project_files(root, exclude, [])
+
+
+def _project_files(root: Path, exclude: tuple[Path, ...], outside: list[str]) -> list[str]:
     listed = _git(root, "ls-files", "-z", "--cached", "--others", "--exclude-standard")
     if listed is not None:
         files = [f for f in listed.split("\0") if f]
     else:
         files = []
         for dirpath, dirnames, filenames in os.walk(root):
-            dirnames[:] = [d for d in dirnames if d not in _ALWAYS_SKIP]
             rel_dir = Path(dirpath).relative_to(root)
+            # links to folders are not walked into here: _through_links decides about them
+            files += [(rel_dir / d).as_posix() for d in dirnames if (Path(dirpath) / d).is_symlink()]
+            dirnames[:] = [d for d in dirnames
+                           if d not in _ALWAYS_SKIP and not (Path(dirpath) / d).is_symlink()]
             files += [(rel_dir / f).as_posix() for f in filenames]
     patterns = _ignore_patterns(root)
     skip = []
@@ -82,21 +90,79 @@ def project_files(root: Path, exclude: tuple[Path, ...] = ()) -> list[str]:
             skip.append(Path(e).resolve().relative_to(root.resolve()).as_posix())
         except ValueError:
             continue  # outside the project: not in the snapshot anyway
-    out = []
-    for f in files:
+
+    def keep(f: str) -> bool:
         if set(f.split("/")[:-1]) & _ALWAYS_SKIP or _ignored(f, patterns):
-            continue
-        if any(f == x or f.startswith(x + "/") for x in skip):
-            continue
-        if (root / f).is_file():
+            return False
+        return not any(f == x or f.startswith(x + "/") for x in skip)
+
+    linked = _through_links(root, [f for f in files if keep(f)], outside)
+    return sorted(f for f in linked if keep(f) and (root / f).is_file())
+
+
+def _inside(root: Path, path: Path) -> bool:
+    try:
+        path.relative_to(root)
+    except ValueError:
+        return False
+    return True
+
+
+def _through_links(root: Path, files: list[str], outside: list[str]) -> list[str]:
+    """``files`` with symbolic links handled: a link that points out of the project is left
+    out (and named in ``outside``: a snapshot never copies what lies elsewhere, such as a
+    link to /etc/passwd); a link to a file inside is taken as that file's content; a link to
+    a folder inside stands for the files in that folder."""
+    real_root = root.resolve()
+    out: list[str] = []
+    seen_dirs: set[Path] = set()
+    linked_dir: dict[str, bool] = {}  # folder (relative) -> whether it or one above is a link
+
+    def through_link(rel_dir: str) -> bool:
+        if not rel_dir:
+            return False
+        if rel_dir not in linked_dir:
+            parent = rel_dir.rpartition("/")[0]
+            linked_dir[rel_dir] = through_link(parent) or (root / rel_dir).is_symlink()
+        return linked_dir[rel_dir]
+
+    todo = list(files)
+    while todo:
+        f = todo.pop()
+        p = root / f
+        if not through_link(f.rpartition("/")[0]) and not p.is_symlink():
             out.append(f)
-    return sorted(out)
+            continue
+        target = p.resolve()
+        if not _inside(real_root, target):
+            outside.append(f"{f} -> {os.readlink(p) if p.is_symlink() else target}")
+            continue
+        if target.is_dir():
+            if target in seen_dirs:
+                continue  # a loop of links
+            seen_dirs.add(target)
+            for dirpath, dirnames, filenames in os.walk(p, followlinks=False):
+                rel = Path(dirpath).relative_to(root).as_posix()
+                todo += [f"{rel}/{n}" for n in filenames]
+                todo += [f"{rel}/{d}" for d in dirnames if (Path(dirpath) / d).is_symlink()]
+                dirnames[:] = [d for d in dirnames
+                               if d not in _ALWAYS_SKIP and not (Path(dirpath) / d).is_symlink()]
+        elif target.is_file():
+            out.append(f)
+    return out
 
 
 def take(root: Path, dest: Path, exclude: tuple[Path, ...] = ()) -> dict[str, Any]:
     """Copy the project into ``dest``; return its manifest ``{path: [sha256, size, mode]}``.
-    Paths under ``exclude`` stay out (see :func:`project_files`)."""
-    files = project_files(root, exclude)
+    Paths under ``exclude`` stay out (see :func:`project_files`); links that point out of the
+    project stay out too, and are named once on stderr."""
+    outside: list[str] = []
+    files = _project_files(root, exclude, outside)
+    if outside:
+        shown = ", ".join(sorted(outside)[:5]) + (" ..." if len(outside) > 5 else "")
+        print(f"[runner] left out of the code snapshot: {len(outside)} link(s) pointing out of "
+              f"the project ({shown}); copy what they point to into the project if the run "
+              "needs it", file=sys.stderr, flush=True)
     total = sum((root / f).stat().st_size for f in files)
     if total > MAX_BYTES:
         biggest = sorted(files, key=lambda f: (root / f).stat().st_size, reverse=True)[:3]
