@@ -51,6 +51,12 @@ class ScriptModel(Model):
         if c.path:
             p = Path(c.path)
             full = p if p.is_absolute() else Path.cwd() / p
+            if full.is_dir():
+                raise UserError(
+                    f"model.path: '{c.path}' is a folder ({full}); model.path names a script.",
+                    "name the script in it (model.path=folder/train.py), or run a package "
+                    "with model.module=pkg.main.",
+                )
             if not full.is_file():
                 raise UserError(
                     f"model.path: script '{c.path}' not found (looked at {full}).",

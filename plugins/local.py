@@ -159,6 +159,14 @@ class LocalHandle(LocalDirHandleMixin, RunHandle):
 
 
 
+def _check_local(c: LocalConfig) -> None:
+    if c.slots < 1:
+        raise UserError(f"target.slots: must be at least 1 (runs at once on this machine), "
+                        f"got {c.slots}.")
+    if c.cancel_grace < 0:
+        raise UserError(f"target.cancel_grace: must be 0 or more seconds, got {c.cancel_grace}.")
+
+
 class LocalBackend(Backend):
     """Runs the worker as a detached process group; envs are cached virtualenvs."""
 
@@ -167,6 +175,10 @@ class LocalBackend(Backend):
     capabilities = frozenset({Capability.CANCEL, Capability.FOLLOW_LOGS, Capability.OUTPUTS,
                               Capability.GPU, Capability.VENV})
     config: LocalConfig
+
+    def __init__(self, config: BackendConfig) -> None:
+        super().__init__(config)
+        _check_local(self.config)
 
     # -- environments ---------------------------------------------------------
     def _python_for(self, version: str | None) -> str:

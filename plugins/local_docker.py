@@ -239,9 +239,8 @@ def _orphan_arguments(parser: Any) -> None:
 def _orphans_command(args: Any) -> int:
     # the ledger knows which runs are still in flight; everything else labelled ours is an orphan
     from runner.backend import RunState
-    from runner.launch import Runs
 
-    runs = Runs()
+    runs = args.context.runs  # the ledger and plugins the CLI loaded (runner.commands)
     runs.reconcile()
     active = [r.id for r in runs.store.list(states=(RunState.QUEUED, RunState.PREPARING,
                                                      RunState.RUNNING))]

@@ -260,7 +260,9 @@ class Command:
     name: str  #: ``runner NAME``
     help: str  #: one line for ``runner --help``
     add_arguments: Callable[[Any], None]  #: gets the subcommand's argparse parser
-    run: Callable[[Any], int]  #: gets the parsed arguments; returns the exit code
+    #: gets the parsed arguments, with ``args.context`` (a :class:`runner.commands.CommandContext`:
+    #: the ledger and plugins the CLI loaded, ``debug``, output); returns the exit code
+    run: Callable[[Any], int]
 
 
 class Backend(ABC):

@@ -1,26 +1,26 @@
-"""The ``runner`` command.
+"""The ``runner`` command: the argument parser, dispatch to the commands, and error reporting.
 
 Start-up stays light: only argparse is imported here; Hydra, OmegaConf, rich and the plugins
-load inside the command that needs them, and TensorFlow only inside a run.
+load inside the command that needs them, and TensorFlow only inside a run. Composition lives in
+:mod:`runner.compose`, submit and prepare in :mod:`runner.submit`, the ledger views in
+:mod:`runner.views`; every command, built-in or a plugin's, gets a
+:class:`runner.commands.CommandContext` as ``args.context``.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import signal
 import sys
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:
-    from omegaconf import DictConfig
+from runner.commands import CommandContext
 
-    from runner.backend import RunHandle, RunStatus
-    from runner.launch import Runs
-    from runner.store import RunRecord
+if TYPE_CHECKING:
+    from runner.backend import Command
+    from runner.registry import Registry
 
 EXIT_USAGE = 2
 EXIT_RUN_FAILED = 1
@@ -89,25 +89,30 @@ def _parser() -> argparse.ArgumentParser:
     pd.add_argument("run", help="run id, prefix, suffix or 'last'")
     pd.add_argument("inputs", nargs="*", help="inputs to score (e.g. review texts)")
     pd.add_argument("--file", "-f", help="a file with one input per line ('-' = stdin)")
+    pd.add_argument("--format", choices=["text", "tsv", "json"], default="text",
+                    help="text (score and input), tsv (line, score, input) or json (one object "
+                         "per line: line, input, score)")
+    fe = add("fetch", "copy a run's outputs here (links are not followed, sparse files stay sparse)")
+    fe.add_argument("run", help="run id, prefix, suffix or 'last'")
+    fe.add_argument("dest", nargs="?", help="where to put them (default: ./RUN_ID-outputs)")
     return p
 
 
-def _plugin_commands(p: argparse.ArgumentParser) -> dict[str, Any]:
-    """Add the subcommands plugins register (``runner_register_commands``)."""
+def _plugin_commands(p: argparse.ArgumentParser) -> tuple[Any, Registry, dict[str, Command]]:
+    """Add the subcommands plugins register (``runner_register_commands``); return the plugin
+    manager and the registry (built once per command, shared with the command's ``Runs``)."""
+    from runner.errors import UserError
     from runner.registry import collect, make_plugin_manager
 
     sub = next(a for a in p._actions if isinstance(a, argparse._SubParsersAction))
-    _PLUGINS["pm"] = pm = make_plugin_manager()
-    _PLUGINS["registry"] = registry = collect(pm)  # built once per command, shared with Runs
-    commands = registry.commands
-    for name, cmd in commands.items():
+    pm = make_plugin_manager()
+    registry = collect(pm)
+    for name, cmd in registry.commands.items():
         if name in sub.choices:
-            from runner.errors import UserError
-
             raise UserError(f"a plugin's command '{name}' clashes with the built-in command.")
         cp = sub.add_parser(name, help=cmd.help, description=cmd.help)
         cmd.add_arguments(cp)
-    return dict(commands)
+    return pm, registry, dict(registry.commands)
 
 
 _HYDRA_COMMANDS = ("submit", "prepare")
@@ -115,6 +120,7 @@ _OWN_FLAGS = frozenset({"-h", "--help", "--detach", "-d", "--fail-fast", "--skip
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The console entry point: parse ``argv``, run the command, return its exit code."""
     args_list = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args_list
     if debug:
@@ -122,17 +128,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.environ["RUNNER_DEBUG"] = "1"
     parser = _parser()
     try:
-        plugin_commands = _plugin_commands(parser)
+        pm, registry, plugin_commands = _plugin_commands(parser)
     except Exception as e:  # a broken plugin must not take `runner --help` down with it
         return _report(e, debug)
-    if args_list and args_list[0] in _HYDRA_COMMANDS:
-        # Everything that is not one of our flags goes to Hydra untouched (overrides, --cfg,
-        # -m, --info ...), wherever it stands on the line.
-        ours = [a for a in args_list[1:] if a in _OWN_FLAGS]
-        args = parser.parse_args([args_list[0], *ours])
-        args.overrides = [a for a in args_list[1:] if a not in _OWN_FLAGS]
-    else:
-        args = parser.parse_args(args_list)
+    args = _parse(parser, args_list)
     if args.version:
         from runner import __version__
 
@@ -142,6 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USAGE
     handler = _COMMANDS.get(args.command) or plugin_commands[args.command].run
+    args.context = CommandContext(debug=debug, make_runs=lambda: _make_runs(pm, registry))
     try:
         return int(handler(args) or 0)
     except KeyboardInterrupt:
@@ -153,7 +153,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _report(e, debug)
 
 
+def _parse(parser: argparse.ArgumentParser, args_list: list[str]) -> argparse.Namespace:
+    if args_list and args_list[0] in _HYDRA_COMMANDS:
+        # Everything that is not one of our flags goes to Hydra untouched (overrides, --cfg,
+        # -m, --info ...), wherever it stands on the line.
+        ours = [a for a in args_list[1:] if a in _OWN_FLAGS]
+        args = parser.parse_args([args_list[0], *ours])
+        args.overrides = [a for a in args_list[1:] if a not in _OWN_FLAGS]
+        return args
+    return parser.parse_args(args_list)
+
+
+def _make_runs(pm: Any, registry: Registry) -> Any:
+    from runner.launch import Runs
+
+    return Runs(pm=pm, registry=registry)
+
+
 def _report(e: BaseException, debug: bool) -> int:
+    """Print ``e`` as one ``error:`` block (with the traceback under ``--debug``)."""
     from runner.errors import UserError
 
     err = _as_user_error(e)
@@ -172,426 +190,74 @@ def _report(e: BaseException, debug: bool) -> int:
 
 
 def _as_user_error(e: BaseException) -> Any:
-    """Turn the errors of config composition into UserErrors with one clear message."""
-    import re
-
     from runner.errors import UserError
 
     if isinstance(e, UserError):
         return e
-    mod = type(e).__module__
-    msg = str(e).strip()
-    if mod.startswith("hydra"):
-        m = re.search(r"Could not find '([^']+)/([^']+)'", msg)
-        if m and "Available options" in msg:
-            group, option = m.groups()
-            listing = msg.split("Available options", 1)[1].split("Config search path", 1)[0]
-            opts = [ln.strip() for ln in listing.splitlines()[1:] if ln.strip()]
-            return UserError(
-                f"unknown {group} '{option}'.",
-                f"available {group} options: {', '.join(opts)}",
-                f"add your own as conf/{group}/{option}.yaml in your project.",
-            )
-        m = re.search(r"Could not override '([^']+)'", msg)
-        if m:
-            key = m.group(1)
-            group = key.split(".", 1)[0]
-            return UserError(
-                f"key '{key}' is not in the composed config (misspelt?).",
-                f"see the valid keys: runner submit --cfg job {group}=<your choice>",
-                f"to add a new key on purpose: +{key}=...",
-            )
-        if type(e).__name__ == "OverrideParseException":
-            return UserError(f"cannot parse the overrides: {msg.splitlines()[0]}",
-                             "see Hydra's override grammar: key=value, +key=value, ~key, group=option")
-        cause = e.__cause__
-        if cause is not None and type(cause).__module__.startswith("yaml"):
-            return UserError(f"malformed YAML: {_yaml_where(cause)}")
-        return UserError(msg.splitlines()[0], *[ln.strip() for ln in msg.splitlines()[1:] if ln.strip()])
-    if mod.startswith("yaml"):
-        return UserError(f"malformed YAML: {_yaml_where(e)}")
-    if mod.startswith("omegaconf"):
-        return UserError(msg.splitlines()[0], *[ln.strip() for ln in msg.splitlines()[1:] if ln.strip()])
-    return None
+    if not type(e).__module__.startswith(("hydra", "omegaconf", "yaml")):
+        return None  # not an error of configuration: no need to load Hydra to say so
+    from runner.compose import as_user_error
 
-
-def _yaml_where(e: BaseException) -> str:
-    mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
-    problem = getattr(e, "problem", None) or str(e)
-    if mark is not None:
-        return f"{mark.name}, line {mark.line + 1}, column {mark.column + 1}: {problem}"
-    return str(e).splitlines()[0]
-
-
-# -- composing with Hydra ----------------------------------------------------------------------
-
-def _compose_and_run(
-    overrides: list[str], task: Callable[[DictConfig, list[str], dict[str, str]], Any], runs: Runs,
-    sweep: Any = None,
-) -> None:
-    """Run Hydra on ``overrides`` (with its flags: --cfg, --info, -m ...) and call ``task``
-    for each composed job with (cfg, task overrides, group choices). With ``sweep`` (a
-    :class:`runner.sweep.Sweep`), the ``runner`` launcher runs -m jobs through it instead."""
-    from hydra._internal.utils import _run_hydra, get_args_parser
-    from hydra.core.hydra_config import HydraConfig
-
-    from runner.config import package_conf_dir
-    from runner.secrets import check_overrides
-
-    check_overrides([o for o in overrides if not o.startswith("-")])
-    from runner.config import store_plugin_configs
-
-    store_plugin_configs(runs.registry, runs.dirs)
-    hydra_args = list(overrides)
-    user_conf = runs.project_root / "conf"
-    if user_conf.is_dir() and user_conf.resolve() != package_conf_dir().resolve() \
-            and not any(a.startswith(("-cd", "--config-dir")) for a in hydra_args):
-        hydra_args = ["--config-dir", str(user_conf), *hydra_args]
-    os.environ["HYDRA_FULL_ERROR"] = "1"  # errors come to us, to be reported our way
-    os.environ.setdefault("RUNNER_HYDRA_SWEEP_DIR", str(runs.store.home / "hydra"))
-
-    failed: list[BaseException] = []
-
-    def task_function(cfg: DictConfig) -> Any:
-        from hydra.types import RunMode
-
-        hc = HydraConfig.get()
-        choices = {k: str(v) for k, v in hc.runtime.choices.items() if not k.startswith("hydra")}
-        try:
-            return task(cfg, list(hc.overrides.task), choices)
-        except BaseException as e:
-            if hc.mode == RunMode.MULTIRUN:
-                raise
-            failed.append(e)  # re-raised below, so Hydra does not print its own banner
-            return None
-
-    from hydra_plugins.runner_launcher.runner_launcher import attach, ensure_registered
-
-    ensure_registered()
-    if sweep is not None:
-        attach(task_function, sweep)
-    if not any(a.lstrip("+").startswith("hydra.mode=") for a in hydra_args):
-        # Hydra composes the whole config once only to read `hydra.mode`, which our config
-        # leaves unset (-m decides); skipping that saves a full composition per command.
-        from hydra._internal.hydra import Hydra
-
-        Hydra.get_mode = lambda self, config_name, overrides: None  # type: ignore[method-assign]
-    parser = get_args_parser()
-    args = parser.parse_args(hydra_args)
-    _run_hydra(args=args, args_parser=parser, task_function=task_function,
-               config_path=str(package_conf_dir()), config_name="config")
-    if failed:
-        raise failed[0]
-
-
-_PLUGINS: dict[str, Any] = {}
-
-
-def _runs() -> Runs:
-    from runner.launch import Runs
-
-    return Runs(pm=_PLUGINS.get("pm"), registry=_PLUGINS.get("registry"))
+    return as_user_error(e)
 
 
 def _err(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
-# -- submit / prepare ---------------------------------------------------------------------------
+def _ctx(args: argparse.Namespace) -> CommandContext:
+    ctx = getattr(args, "context", None)
+    return ctx if isinstance(ctx, CommandContext) else CommandContext()
+
+
+# -- the commands -------------------------------------------------------------------------------
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    from runner.sweep import JobFailed, Sweep, SweepCancelled
+    from runner import submit
 
-    runs = _runs()
-    runs.reconcile()
-    outcome: dict[str, int] = {"code": 0}
-    if args.detach and any(a in ("-m", "--multirun") for a in args.overrides):
-        from runner.errors import UserError
-
-        raise UserError("--detach does not apply to sweeps (-m): the launcher starts queued jobs "
-                        "as slots free up, so it runs until the sweep ends.",
-                        "run it in the background (nohup, tmux); `runner sweep SWEEP` shows it.")
-    sweep = Sweep(runs, fail_fast=args.fail_fast, skip_done=args.skip_done, argv=args.overrides)
-
-    def task(cfg: DictConfig, overrides: list[str], choices: dict[str, str]) -> Any:
-        from hydra.core.hydra_config import HydraConfig
-        from hydra.types import RunMode
-
-        plan = runs.plan(cfg, overrides, choices)
-        multirun = HydraConfig.get().mode == RunMode.MULTIRUN
-        prefix = f"[job {HydraConfig.get().job.num}] " if multirun else ""
-        rec, spec = runs.record(plan)
-        _err(f"{prefix}run {rec.id}: target {plan.target_name} ({plan.backend.name}), "
-             f"model {plan.model.describe()}, env {plan.env.name}")
-        handle = runs.launch(plan, spec, on_prepared=lambda p: _err(
-            f"{prefix}env {plan.env.name}: {p.reason} [{p.env_key}]"))
-        if args.detach:
-            _err(f"{prefix}started; follow with: runner logs {rec.id} -f")
-            return rec.id
-        st = _stream(runs, rec.id, handle, prefix)
-        code = _final_line(runs, rec.id, st, prefix)
-        outcome["code"] = max(outcome["code"], code)
-        return rec.id
-
-    try:
-        _compose_and_run(args.overrides, task, runs, sweep=sweep)
-    except JobFailed:
-        pass  # the sweeper stopped on a failed job; the table below says which
-    except SweepCancelled:
-        sweep.cancelled = True
-    except KeyboardInterrupt:
-        if not sweep.jobs:
-            raise
-        sweep.abort()
-    except ValueError as e:  # an optimizing sweeper got no number back from the jobs
-        if not sweep.jobs or sweep.objective is not None:
-            raise
-        from runner.errors import UserError
-
-        sweep.print_table()
-        raise UserError(f"the sweeper failed after its jobs ran: {str(e).splitlines()[0]}",
-                        "an optimizing sweeper (Optuna) needs a number from each job; name the "
-                        "metric: hydra.launcher.objective=val_accuracy (any metric the jobs log).",
-                        ) from None
-    if not sweep.jobs:
-        return outcome["code"]
-    sweep.print_table()
-    return sweep.exit_code()
-
-
-def _stream(runs: Runs, run_id: str, handle: RunHandle, prefix: str = "") -> RunStatus:
-    """Print the log until the run ends; Ctrl-C cancels the run and waits until it stopped."""
-    offset = 0
-    try:
-        for offset, line in runs.follow(handle):  # noqa: B007 - offset kept for the resume below
-            sys.stdout.write(prefix + line)
-            sys.stdout.flush()
-    except KeyboardInterrupt:
-        old = signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not orphan it
-        try:
-            _err(f"\n{prefix}cancelling run {run_id} ...")
-            st = handle.cancel()
-            runs.finish(run_id, st)
-            for _, line in handle.logs(offset):
-                sys.stdout.write(prefix + line)
-        finally:
-            signal.signal(signal.SIGINT, old)
-        raise
-    st = handle.status()
-    runs.finish(run_id, st)
-    return st
-
-
-def _final_line(runs: Runs, run_id: str, st: RunStatus, prefix: str = "") -> int:
-    from runner.backend import RunState
-
-    rec = runs.store.get(run_id)
-    metrics = ", ".join(f"{k}={_fmt(v)}" for k, v in list(rec.summary.items())[:6])
-    tail = f" ({st.message})" if st.message and st.state != RunState.SUCCEEDED else ""
-    _err(f"{prefix}run {run_id} {st.state.value}{tail}" + (f": {metrics}" if metrics else ""))
-    if st.state == RunState.SUCCEEDED:
-        return 0
-    return EXIT_CANCELLED if st.state == RunState.CANCELLED else EXIT_RUN_FAILED
+    return submit.submit(_ctx(args), args)
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
-    import tempfile
-    from pathlib import Path
+    from runner import submit
 
-    from runner.backend import RunSpec
-    from runner.request import RunRequest
-
-    runs = _runs()
-
-    def task(cfg: DictConfig, overrides: list[str], choices: dict[str, str]) -> Any:
-        plan = runs.plan(cfg, overrides, choices)
-        with tempfile.TemporaryDirectory(prefix="runner-prepare-") as tmp:
-            request = RunRequest(run_id="prepare", model=plan.model.name, model_config={},
-                                 data=plan.data, data_inputs=plan.data_inputs)
-            spec = RunSpec(run_id="prepare", run_dir=Path(tmp), target_name=plan.target_name,
-                           target=plan.backend.config, env=plan.env, model=plan.model.name,
-                           project_root=runs.project_root, gpus=plan.env.gpus, request=request)
-            t0 = time.perf_counter()
-            plan.backend.check_data(spec)  # data that must already be on the target is there
-            prepared = plan.backend.prepare(spec)
-            dt = time.perf_counter() - t0
-        _err(f"env {plan.env.name} on target {plan.target_name}: {prepared.reason} "
-             f"[{prepared.env_key}] in {dt:.2f}s")
-
-    _compose_and_run(args.overrides, task, runs)
-    return 0
-
-
-# -- ledger views -------------------------------------------------------------------------------
-
-def _fmt(v: Any) -> str:
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return str(v)
-
-
-def _age(t: float) -> str:
-    d = max(0.0, time.time() - t)
-    for unit, n in (("d", 86400), ("h", 3600), ("m", 60)):
-        if d >= n:
-            return f"{int(d // n)}{unit} ago"
-    return f"{int(d)}s ago"
-
-
-_KEY_METRICS = ("test_accuracy", "val_accuracy", "accuracy", "val_loss", "loss")
-
-
-def _key_metrics(summary: dict[str, float], n: int = 3) -> str:
-    names = [k for k in _KEY_METRICS if k in summary] + sorted(k for k in summary if k not in _KEY_METRICS)
-    return "  ".join(f"{k}={_fmt(summary[k])}" for k in names[:n])
-
-
-def _console() -> Any:
-    from rich.console import Console
-
-    # piped output (a file, grep, a test) is not cut to 80 columns
-    return Console(highlight=False, soft_wrap=False, width=None if sys.stdout.isatty() else 240)
-
-
-_STATE_STYLE = {"SUCCEEDED": "green", "FAILED": "red", "LOST": "magenta", "CANCELLED": "yellow",
-                "RUNNING": "cyan", "PREPARING": "cyan", "QUEUED": "dim"}
+    return submit.prepare(_ctx(args), args)
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
-    from rich.table import Table
-
+    from runner import views
     from runner.backend import RunState
+    from runner.errors import UserError
 
-    runs = _runs()
+    runs = _ctx(args).runs
     runs.reconcile()
     try:
         states = tuple(RunState(s.upper()) for s in args.state)
     except ValueError:
-        from runner.errors import UserError
-
         raise UserError(f"--state: unknown state in {args.state}.",
                         f"valid: {', '.join(s.value for s in RunState)}") from None
-    records = runs.store.list(limit=args.limit or None, states=states, sweep_id=args.sweep)
-    if not records:
-        _err("no runs yet: `runner submit` starts one.")
-        return 0
-    t = Table(box=None, pad_edge=False)
-    for col in ("id", "state", "target", "model", "metrics", "age"):
-        t.add_column(col, no_wrap=col != "metrics")
-    for r in records:
-        model = RunDir_meta(r).get("model_description", r.model)
-        t.add_row(r.id, f"[{_STATE_STYLE.get(r.state.value, '')}]{r.state.value}[/]", r.target,
-                  model, _key_metrics(r.summary), _age(r.created))
-    _console().print(t)
-    return 0
-
-
-def RunDir_meta(r: RunRecord) -> dict[str, Any]:
-    from runner.rundir import RunDir
-
-    return RunDir(r.run_dir).meta()
+    return views.runs_table(runs, limit=args.limit or None, states=states, sweep_id=args.sweep)
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from rich.table import Table
+    from runner import views
 
-    from runner.rundir import RunDir
-
-    runs = _runs()
-    rec = runs.refresh(runs.store.resolve(args.run))
-    rd = RunDir(rec.run_dir)
-    meta, worker = rd.meta(), rd.worker_info()
-    con = _console()
-    style = _STATE_STYLE.get(rec.state.value, "")
-    con.print(f"run [bold]{rec.id}[/]  [{style}]{rec.state.value}[/]"
-              + (f"  exit code {rec.exit_code}" if rec.exit_code is not None else "")
-              + ("  [red]OOM-killed[/]" if rec.oom else ""))
-    if rec.message:
-        con.print(f"  {rec.message}", markup=False)
-    end = rec.finished or time.time()
-    rows = [
-        ("target", f"{rec.target} (backend {rec.backend})"),
-        ("model", meta.get("model_description", rec.model)),
-        ("env", f"{meta.get('choices', {}).get('env', '?')}  key {rec.env_key or '-'}"),
-        ("data", meta.get("choices", {}).get("data", "-")),
-        *[(f"data.{d['key']}", _data_line(d, worker)) for d in meta.get("data_inputs") or []],
-        ("created", time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(rec.created))
-         + f"  ({_age(rec.created)}, ran {end - rec.created:.1f}s)"),
-        ("overrides", " ".join(meta.get("overrides", [])) or "-"),
-    ]
-    if rec.sweep_id:
-        rows.append(("sweep", rec.sweep_id))
-    git = meta.get("git") or {}
-    if git:
-        rows.append(("git", f"{git.get('commit', '')[:12]}" + (" (dirty: uncommitted diff recorded)"
-                                                                if git.get("dirty") else "")))
-    if worker:
-        rows.append(("host", f"{worker.get('host')}  Python {worker.get('python')}"))
-        rows.append(("seed", str(worker.get("seed"))))
-        gpus = worker.get("gpus") or []
-        rows.append(("gpus", ", ".join(f"{g['index']}: {g['name']} ({g['memory']})" for g in gpus)
-                     or "none visible"))
-        for k, v in (worker.get("meta") or {}).items():
-            rows.append((k, v if isinstance(v, str) else _compact(v)))
-    rows.append(("run dir", str(rec.run_dir)))
-    t = Table(box=None, show_header=False, pad_edge=False)
-    t.add_column(style="bold")
-    t.add_column(overflow="fold")
-    for k, v in rows:
-        t.add_row(k, str(v))
-    con.print(t)
-    records = rd.read_metrics()
-    if records:
-        m = Table(title="metrics", title_justify="left", box=None, pad_edge=False)
-        for col in ("name", "last", "step", "best", "n"):
-            m.add_column(col)
-        by: dict[str, list[dict[str, Any]]] = {}
-        for r in records:
-            by.setdefault(r["name"], []).append(r)
-        for name, rs in by.items():
-            vals = [r["value"] for r in rs]
-            best = min(vals) if "loss" in name else max(vals)
-            m.add_row(name, _fmt(vals[-1]), str(rs[-1].get("step", "")), _fmt(best), str(len(rs)))
-        con.print(m)
-    outputs = sorted(p for p in rd.outputs.rglob("*") if p.is_file()) if rd.outputs.is_dir() else []
-    if outputs:
-        con.print("[bold]outputs[/]")
-        for p in outputs[:50]:
-            con.print(f"  {p.relative_to(rd.outputs)}  ({p.stat().st_size:,} bytes)", markup=False)
-    return 0
-
-
-def _data_line(d: dict[str, Any], worker: dict[str, Any]) -> str:
-    """One recorded data input: as given, by content, and where the run read it."""
-    from runner.units import size_text
-
-    if d.get("on_target"):
-        text = f"{d['given']}  (on the target, not shipped)"
-    else:
-        text = (f"{d['given']}  sha256 {str(d.get('digest'))[:12]}  {d.get('files')} file(s), "
-                f"{size_text(float(d.get('bytes') or 0))}")
-    seen = [w for w in worker.get("data") or [] if w.get("key") == d.get("key")]
-    if seen:
-        text += f"  read at {seen[0].get('path')}"
-    return text
-
-
-def _compact(v: Any) -> str:
-    """A recorded fact on one line: dicts as ``key value, ...`` (empty values as "none")."""
-    if isinstance(v, dict):
-        return ", ".join(f"{k} {_compact(x)}" for k, x in v.items())
-    if isinstance(v, list):
-        return "[" + "; ".join(_compact(x) for x in v) + "]" if v else "none"
-    return str(v)
+    return views.show_run(_ctx(args).runs, args.run)
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
-    runs = _runs()
-    rec = runs.refresh(runs.store.resolve(args.run))
     from runner.rundir import RunDir
+    from runner.submit import final_line
 
+    runs = _ctx(args).runs
+    rec = runs.refresh(runs.store.resolve(args.run))
     if not args.follow or rec.state.terminal:
-        for _, line in RunDir(rec.run_dir).read_log(0, final=True):
+        rd = RunDir(rec.run_dir)
+        if not rd.log.is_file() or rd.log.stat().st_size == 0:
+            _err(f"run {rec.id} ({rec.state.value}) has no log yet"
+                 + (f": {rec.message}" if rec.message else "") + ".")
+            return 0
+        for _, line in rd.read_log(0, final=True):
             sys.stdout.write(line)
         if args.follow:
             _err(f"run {rec.id} already ended: {rec.state.value}")
@@ -609,12 +275,16 @@ def cmd_logs(args: argparse.Namespace) -> int:
         return 0
     st = handle.status()
     runs.finish(rec.id, st)
-    return _final_line(runs, rec.id, st)
+    return final_line(runs, rec.id, st)
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
-    runs = _runs()
-    code = 0
+    """Cancel every run named (a sweep id names its runs) at once: each cancel waits out its
+    own grace period, so many stubborn runs take one grace period, not one each."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    runs = _ctx(args).runs
+    todo: list[tuple[Any, Any]] = []
     for ref in args.run:
         targets = runs.store.list(sweep_id=ref) if ref.startswith("s") and runs.store.sweep(ref) \
             else [runs.store.resolve(ref)]
@@ -634,6 +304,8 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
                 st = RunStatus(RunState.CANCELLED, message="cancelled before it started")
                 RunDir(rec.run_dir).write_status(st)
+                runs.finish(rec.id, st)
+                _err(f"run {rec.id}: {st.state.value}")
             else:
                 from runner.backend import Capability
 
@@ -645,77 +317,33 @@ def cmd_cancel(args: argparse.Namespace) -> int:
                         f"run {rec.id}'s target '{rec.target}' cannot cancel runs: its backend "
                         f"'{backend.name}' does not declare the 'cancel' capability.",
                         "the run goes on; stop it on the target itself")
-                st = handle.cancel()
-            runs.finish(rec.id, st)
-            _err(f"run {rec.id}: {st.state.value}")
-    return code
+                todo.append((rec, handle))
 
+    def cancel(item: tuple[Any, Any]) -> None:
+        rec, handle = item
+        st = handle.cancel()
+        runs.finish(rec.id, st)
+        _err(f"run {rec.id}: {st.state.value}")
 
-def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    if isinstance(d, dict):
-        for k, v in d.items():
-            out.update(_flatten(v, f"{prefix}{k}."))
-    else:
-        out[prefix[:-1]] = d
-    return out
+    if todo:
+        with ThreadPoolExecutor(max_workers=min(32, len(todo))) as pool:
+            for done in [pool.submit(cancel, item) for item in todo]:
+                done.result()  # the first failure is reported once all have been tried
+    return 0
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    import yaml
-    from rich.table import Table
+    from runner import views
 
-    from runner.errors import UserError
-    from runner.rundir import CONFIG, RunDir
-
-    runs = _runs()
+    runs = _ctx(args).runs
     runs.reconcile()
-    swept: list[str] | None = None
-    if args.sweep:
-        from runner.sweep import sweep_jobs, swept_keys
-
-        jobs = [j for j in sweep_jobs(runs, args.sweep) if j.run is not None]  # newest run per job
-        records = [j.run for j in jobs if j.run is not None]
-        swept = swept_keys([j.overrides for j in jobs])
-    else:
-        if len(args.run) < 2:
-            raise UserError("compare needs two or more runs (or --sweep SWEEP).",
-                            "e.g. runner compare 261126-1200-ab12 261126-1210-cd34")
-        records = [runs.store.resolve(r) for r in args.run]
-    flat = []
-    for r in records:
-        try:
-            flat.append(_flatten(yaml.safe_load((r.run_dir / CONFIG).read_text()) or {}))
-        except FileNotFoundError:
-            flat.append({})
-    for f, r in zip(flat, records, strict=True):  # what the data was, by content
-        for d in RunDir(r.run_dir).meta().get("data_inputs") or []:
-            f[f"data.{d['key']} (content)"] = (str(d.get("digest"))[:12] if d.get("digest")
-                                               else "on target")
-    keys = sorted({k for f in flat for k in f})
-    differ = [k for k in keys if len({repr(f.get(k, "<unset>")) for f in flat}) > 1]
-    if swept is not None:  # a sweep: only what the sweep varied (a group choice: its keys)
-        differ = [k for k in differ if any(k == s or k.startswith(s + ".") for s in swept)]
-    t = Table(box=None, pad_edge=False)
-    t.add_column("")
-    for r in records:
-        t.add_column(r.id)
-    t.add_row("[bold]state[/]", *[r.state.value for r in records])
-    for k in differ:
-        t.add_row(k, *[_fmt(f.get(k, "-")) for f in flat])
-    if not differ:
-        t.add_row("[dim](configs identical)[/]", *["" for _ in records])
-    metric_names = sorted({m for r in records for m in r.summary})
-    for m in metric_names:
-        t.add_row(f"[bold]{m}[/]", *[_fmt(r.summary[m]) if m in r.summary else "-" for r in records])
-    _console().print(t)
-    return 0
+    return views.compare(runs, args.run, args.sweep)
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     from runner import sweep
 
-    runs = _runs()
+    runs = _ctx(args).runs
     runs.reconcile()
     if args.resume:
         return sweep.resume(runs, args.sweep, fail_fast=args.fail_fast,
@@ -728,7 +356,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
     from runner.registry import plugin_distributions
 
-    runs = _runs()
+    runs = _ctx(args).runs
     pm, reg = runs.pm, runs.registry
     dists = plugin_distributions(pm)
     t = Table(box=None, pad_edge=False)
@@ -741,7 +369,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
         hooks = sorted(h.name for h in pm.get_hookcallers(plugin) or [])
         origin = dists.get(name) or "runner (built-in)"
         t.add_row(name, origin, ", ".join(registered) or "-", ", ".join(hooks))
-    _console().print(t)
+    _ctx(args).console.print(t)
     return 0
 
 
@@ -751,7 +379,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     from runner import config as conf
     from runner.errors import UserError
 
-    runs = _runs()
+    runs = _ctx(args).runs
     path = conf.config_file("target", args.target, runs.dirs)
     if not Path(path).is_file():
         raise UserError(f"unknown target '{args.target}'.",
@@ -769,7 +397,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         t.add_column(col, overflow="fold")
     for c in checks:
         t.add_row(c.name, "[green]ok[/]" if c.ok else "[red]FAIL[/]", c.detail, "" if c.ok else c.fix)
-    _console().print(t)
+    _ctx(args).console.print(t)
     return 0 if all(c.ok for c in checks) else EXIT_RUN_FAILED
 
 
@@ -777,16 +405,24 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from runner.errors import UserError
     from runner.rundir import RunDir
 
-    inputs = list(args.inputs)
     if args.file:
         try:
-            text = sys.stdin.read() if args.file == "-" else open(args.file).read()
+            raw = sys.stdin.buffer.read() if args.file == "-" else open(args.file, "rb").read()
+            text = raw.decode("utf-8", "replace")  # bytes: no newline translation of a lone \r
         except OSError as e:
             raise UserError(f"--file: cannot read '{args.file}': {e.strerror}.") from None
-        inputs += [ln for ln in text.splitlines() if ln.strip()]
+        # one input per \n-terminated line (\r\n too): str.splitlines() would also break at
+        # U+0085, U+2028 and the like, common in scraped text, and shift every later score
+        numbered = [(i, ln.removesuffix("\r")) for i, ln in enumerate(text.split("\n"), 1)]
+        if numbered and numbered[-1][1] == "":
+            numbered.pop()
+    else:
+        numbered = []
+    lines = [(0, t) for t in args.inputs] + [(i, t) for i, t in numbered if t.strip()]
+    inputs = [t for _, t in lines]
     if not inputs:
         raise UserError("predict needs inputs: runner predict RUN \"text\" ... or --file FILE.")
-    runs = _runs()
+    runs = _ctx(args).runs
     rec = runs.refresh(runs.store.resolve(args.run))
     rd = RunDir(rec.run_dir)
     if not rd.outputs.is_dir() or not any(rd.outputs.iterdir()):
@@ -796,9 +432,50 @@ def cmd_predict(args: argparse.Namespace) -> int:
         )
     model_cls = runs.registry.model(rec.model)
     scores = model_cls.predict(rd.outputs, inputs)
-    for score, text in zip(scores, inputs, strict=True):
-        shown = text if len(text) <= 70 else text[:67] + "..."
-        print(f"{model_cls.format_prediction(score)}  {shown}")
+    if len(scores) != len(inputs):
+        raise RuntimeError(f"model {rec.model} returned {len(scores)} scores for {len(inputs)} inputs")
+    import json
+
+    for (line, text), score in zip(lines, scores, strict=True):
+        if args.format == "json":
+            print(json.dumps({"line": line or None, "input": text, "score": score}))
+        elif args.format == "tsv":
+            one_line = text.replace("\t", " ")
+            print(f"{line or ''}\t{score}\t{one_line}")
+        else:
+            shown = text if len(text) <= 70 else text[:67] + "..."
+            print(f"{model_cls.format_prediction(score)}  {shown}")
+    return 0
+
+
+def cmd_fetch(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from runner.errors import UserError
+    from runner.rundir import RunDir, safe_copy_tree
+    from runner.units import size_text
+    from runner.views import output_files
+
+    runs = _ctx(args).runs
+    rec = runs.refresh(runs.store.resolve(args.run))
+    handle = runs.handle(rec) if not rec.state.terminal else None
+    if handle is not None:
+        handle.fetch_outputs(rec.run_dir)  # a run still going elsewhere: what it has so far
+    rd = RunDir(rec.run_dir)
+    files, _ = output_files(rd.outputs)
+    if not files:
+        raise UserError(f"run {rec.id} ({rec.state.value}) has no outputs here.",
+                        "a run's outputs are what it writes into runner.outputs_dir(); "
+                        f"`runner show {rec.id}` says what it recorded.")
+    dest = Path(args.dest) if args.dest else Path.cwd() / f"{rec.id}-outputs"
+    if dest.exists() and not dest.is_dir():
+        raise UserError(f"{dest} exists and is not a folder.", "name a folder to fetch into.")
+    skipped = safe_copy_tree(rd.outputs, dest)
+    total = sum(size for _, size in files)
+    print(f"fetched {len(files)} file(s), {size_text(total)}, of run {rec.id} into {dest}")
+    if skipped:
+        _err(f"not fetched: {len(skipped)} link(s) or special file(s): "
+             + ", ".join(skipped[:5]) + (" ..." if len(skipped) > 5 else ""))
     return 0
 
 
@@ -813,6 +490,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "sweep": cmd_sweep,
     "plugins": cmd_plugins,
     "predict": cmd_predict,
+    "fetch": cmd_fetch,
     "doctor": cmd_doctor,
 }
 

@@ -8,6 +8,7 @@ does not know is an error naming the key, the file and the valid keys.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,26 +71,41 @@ def options(group: str, dirs: list[Path]) -> list[str]:
     return sorted(names)
 
 
-def _validate(schema: type, node: Any, *, what: str, path: str, prefix: str) -> Any:
-    """Merge ``node`` into the structured ``schema``; return the dataclass instance."""
+def _from_line(key: str, overrides: Sequence[str]) -> str | None:
+    """The command-line override that set ``key``, if one did."""
+    for o in overrides:
+        k, sep, _ = o.partition("=")
+        if sep and k.lstrip("+~") == key:
+            return o
+    return None
+
+
+def _validate(schema: type, node: Any, *, what: str, path: str, prefix: str,
+              overrides: Sequence[str] = ()) -> Any:
+    """Merge ``node`` into the structured ``schema``; return the dataclass instance. An error
+    names the command-line override when the bad value came from there, else ``path``."""
     try:
         merged = OmegaConf.merge(OmegaConf.structured(schema), node)
         return OmegaConf.to_object(merged)
     except ConfigKeyError as e:
         valid = [f.name for f in dataclasses.fields(schema)]
+        line = _from_line(f"{prefix}.{e.key}", overrides)
         raise UserError(
-            f"{path}: key '{prefix}.{e.key}' is not valid for {what}.",
+            f"{f'the command line ({line})' if line else path}: key '{prefix}.{e.key}' is not "
+            f"valid for {what}.",
             f"valid keys: {', '.join(valid)}",
         ) from None
     except OmegaConfBaseException as e:
         msg = str(e).splitlines()[0]
         key = getattr(e, "full_key", None) or getattr(e, "key", None)
         where = f"key '{prefix}.{key}': " if key else ""
-        raise UserError(f"{path}: {where}{msg}") from None
+        line = _from_line(f"{prefix}.{key}", overrides) if key else None
+        raise UserError(f"{f'the command line ({line})' if line else path}: {where}{msg}") from None
 
 
 def target_config(
-    cfg: DictConfig, choice: str, registry: Registry, dirs: list[Path]
+    cfg: DictConfig, choice: str, registry: Registry, dirs: list[Path],
+    overrides: Sequence[str] = (),
 ) -> tuple[type[Backend], BackendConfig]:
     path = config_file("target", choice, dirs)
     node = cfg.get("target")
@@ -100,13 +116,16 @@ def target_config(
         node = OmegaConf.masked_copy(node, [str(k) for k in node if k != "defaults"])
     name = str(node.backend)
     cls = registry.backend(name, where=f"target '{choice}' ({path}) asks for ")
-    conf = _validate(cls.Config, node, what=f"backend '{name}'", path=path, prefix="target")
+    conf = _validate(cls.Config, node, what=f"backend '{name}'", path=path, prefix="target",
+                     overrides=overrides)
     return cls, conf
 
 
-def env_spec(cfg: DictConfig, choice: str, dirs: list[Path], project_root: Path) -> EnvSpec:
+def env_spec(cfg: DictConfig, choice: str, dirs: list[Path], project_root: Path,
+             overrides: Sequence[str] = ()) -> EnvSpec:
     path = config_file("env", choice, dirs)
-    conf: EnvConfig = _validate(EnvConfig, cfg.get("env") or {}, what="an env", path=path, prefix="env")
+    conf: EnvConfig = _validate(EnvConfig, cfg.get("env") or {}, what="an env", path=path,
+                                prefix="env", overrides=overrides)
     return EnvSpec(
         name=conf.name or choice,
         python=None if conf.python is None else str(conf.python),
@@ -120,20 +139,24 @@ def env_spec(cfg: DictConfig, choice: str, dirs: list[Path], project_root: Path)
     )
 
 
-def model_instance(cfg: DictConfig, choice: str, registry: Registry, dirs: list[Path]) -> Model:
+def model_instance(cfg: DictConfig, choice: str, registry: Registry, dirs: list[Path],
+                   overrides: Sequence[str] = ()) -> Model:
     path = config_file("model", choice, dirs)
     node = cfg.get("model")
     if not isinstance(node, DictConfig) or "name" not in node:
         raise UserError(f"{path}: a model config needs a 'name' key (the registered model).",
                         f"registered models: {', '.join(sorted(registry.models))}")
     cls = registry.model(str(node.name))
-    conf = _validate(cls.Config, node, what=f"model '{cls.name}'", path=path, prefix="model")
+    conf = _validate(cls.Config, node, what=f"model '{cls.name}'", path=path, prefix="model",
+                     overrides=overrides)
     return cls(conf)
 
 
 #: Where each backend's target keys and their defaults are offered to target files, which
 #: then list only what differs: ``defaults: [/runner/target/BACKEND@_here_, _self_]``.
 SCHEMA_GROUP = "runner/target"
+#: The same for env files: ``defaults: [/runner/env/base@_here_, _self_]``.
+ENV_SCHEMA = "runner/env"
 
 
 def schema_defaults(schema: type) -> dict[str, Any]:
@@ -152,6 +175,7 @@ def store_plugin_configs(registry: Registry, dirs: list[Path]) -> None:
     from hydra.core.config_store import ConfigStore
 
     cs = ConfigStore.instance()
+    cs.store(group=ENV_SCHEMA, name="base", node=schema_defaults(EnvConfig), provider="runner")
     for name, backend_cls in registry.backends.items():
         cs.store(group=SCHEMA_GROUP, name=name, node=schema_defaults(backend_cls.Config),
                  provider="runner-plugins")

@@ -212,6 +212,10 @@ def _check_archive(path: Path, key: str, given: str) -> None:
 
 
 def _input(key: str, value: str, want: str, cwd: Path, cache: HashCache) -> DataInput:
+    if value == "???":  # OmegaConf's mark of a value the config requires and nobody set
+        raise UserError(f"data.{key} is not set: this data config needs it.",
+                        f"give it on the command line: data.{key}=PATH (a file or folder here, "
+                        f"or target:/path on the target)")
     if value.startswith(TARGET_PREFIX):
         where = value[len(TARGET_PREFIX):]
         if not where.startswith("/"):

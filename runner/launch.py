@@ -28,7 +28,18 @@ from runner.proc import identity_alive
 from runner.registry import Registry, collect, make_plugin_manager
 from runner.request import DataInput, RunRequest
 from runner.rundir import CONFIG, META, RunDir, write_json_atomic
-from runner.secrets import env_ref, is_secret_key, redact, secret_refs
+from runner.secrets import (
+    check_config,
+    env_ref,
+    env_refs,
+    env_values,
+    is_secret_key,
+    keep_references,
+    mask_values,
+    redact,
+    resolve_refs,
+    to_references,
+)
 from runner.store import LOCATOR_JSON, RunRecord, Store, find_project_root
 
 
@@ -48,26 +59,54 @@ class Plan:
     values: dict[str, Any]  #: the whole config as plain values (see :func:`_job_values`)
     data_inputs: tuple[DataInput, ...] = ()  #: the files and folders the run reads
 
+    @property
+    def gpus(self) -> str | None:
+        """The GPUs the run gets unless a sweep narrows them: the env's, else the target's.
+        ``prepare`` checks exactly these (its GPU preflight), so it never says "cached" for
+        a run that submit would then refuse."""
+        return self.env.gpus or getattr(self.backend.config, "gpus", None)
+
 
 def _job_values(cfg: DictConfig) -> dict[str, Any]:
-    """The config as plain values, resolved, except ``${oc.env:VAR}`` under secret-looking keys,
-    which travel as references (the worker resolves them on the target)."""
+    """The config as plain values, resolved, except that every ``${oc.env:VAR}`` (whatever its
+    key) and every copy of such a value travels as a reference (the worker resolves them on the
+    target): see :func:`runner.secrets.keep_references`."""
     raw = OmegaConf.to_container(cfg, resolve=False)
     done = OmegaConf.to_container(cfg, resolve=True)
-
-    def merge(r: Any, d: Any, key: str) -> Any:
-        if isinstance(r, dict) and isinstance(d, dict):
-            return {k: merge(r.get(k), d[k], str(k)) for k in d}
-        if isinstance(r, list) and isinstance(d, list) and len(r) == len(d):
-            return [merge(a, b, key) for a, b in zip(r, d, strict=True)]
-        if env_ref(r) and is_secret_key(key):
-            return r
-        return d
-
-    out = merge(raw, done, "")
+    assert isinstance(raw, dict) and isinstance(done, dict)
+    raw.pop("hydra", None)
+    done.pop("hydra", None)
+    out = keep_references(raw, done)
     assert isinstance(out, dict)
-    out.pop("hydra", None)
     return out
+
+
+def _check_config(cfg: DictConfig, choices: dict[str, str], dirs: list[Path]) -> None:
+    """Refuse a literal value under a secret-looking key in the composed config files."""
+    raw = OmegaConf.to_container(cfg, resolve=False)
+    assert isinstance(raw, dict)
+    raw.pop("hydra", None)
+    check_config(raw, lambda key: _file_setting(key, choices, dirs))
+
+
+def _file_setting(key: str, choices: dict[str, str], dirs: list[Path]) -> str:
+    """The config file that most likely set ``key``: the chosen group file when it names the
+    key's last part, else the first file of the search path that does."""
+    group, leaf = key.split(".", 1)[0], key.rsplit(".", 1)[-1]
+    candidates: list[Path] = []
+    if group in conf.GROUPS and group in choices:
+        candidates.append(Path(conf.config_file(group, choices[group], dirs)))
+    for d in dirs:
+        candidates += [d / "config.yaml", *sorted((d / group).glob("*.yaml"))]
+        candidates += sorted(d.glob("**/*.yaml"))
+    for path in candidates:
+        try:
+            text = path.read_text()
+        except OSError:
+            continue
+        if f"{leaf}:" in text:
+            return str(path)
+    return str(candidates[0]) if candidates else "the composed config"
 
 
 class Runs:
@@ -84,16 +123,20 @@ class Runs:
     # -- planning ---------------------------------------------------------------
     def plan(self, cfg: DictConfig, overrides: list[str], choices: dict[str, str]) -> Plan:
         target_name = choices.get("target", "?")
-        backend_cls, target_conf = conf.target_config(cfg, target_name, self.registry, self.dirs)
-        env = conf.env_spec(cfg, choices.get("env", "?"), self.dirs, self.project_root)
-        model = conf.model_instance(cfg, choices.get("model", "?"), self.registry, self.dirs)
+        backend_cls, target_conf = conf.target_config(cfg, target_name, self.registry, self.dirs,
+                                                      overrides)
+        env = conf.env_spec(cfg, choices.get("env", "?"), self.dirs, self.project_root, overrides)
+        model = conf.model_instance(cfg, choices.get("model", "?"), self.registry, self.dirs,
+                                    overrides)
+        _check_config(cfg, choices, self.dirs)
         values = _job_values(cfg)
         data = values.get("data") or {}
-        model.validate(self.project_root, data)
+        resolved_data = resolve_refs(data)  # the client reads the data; references travel
+        model.validate(self.project_root, resolved_data)
         seed = cfg.get("seed", 0)
         if not isinstance(seed, int):
             raise UserError(f"seed: must be an integer, got {seed!r}.")
-        inputs = collect_data(data, type(model).data_paths, cwd=Path.cwd(),
+        inputs = collect_data(resolved_data, type(model).data_paths, cwd=Path.cwd(),
                               cache_path=self.store.home / "cache" / "file-hashes.db",
                               max_mb=getattr(target_conf, "max_data_mb", None),
                               target=f"target {target_name}")
@@ -130,18 +173,24 @@ class Runs:
             manifest = snapshot.take(self.project_root, rd.code, exclude=tuple(
                 Path(d.source) for d in plan.data_inputs if not d.on_target))
         target_conf = dataclasses.asdict(plan.backend.config)  # type: ignore[call-overload]
-        gpus = gpus if gpus is not None else (plan.env.gpus or target_conf.get("gpus"))
+        gpus = gpus if gpus is not None else plan.gpus
+        model_config = _model_config(plan, values.get("model") or {})
+        env_config = values.get("env") or {}
         request = RunRequest(
-            run_id=rec.id, model=plan.model.name,
-            model_config={**dataclasses.asdict(plan.model.config),
-                          **{k: v for k, v in values.get("model", {}).items() if env_ref(v)}},
-            data=plan.data, data_inputs=plan.data_inputs, env=values.get("env") or {},
+            run_id=rec.id, model=plan.model.name, model_config=model_config,
+            data=plan.data, data_inputs=plan.data_inputs, env=env_config,
             seed=plan.seed, gpus=gpus, require_gpu=plan.env.require_gpu,
-            secret_env=tuple(sorted(secret_refs(values))), code_manifest=manifest)
+            # every variable the config references: the target receives it, the worker masks it
+            secret_env=tuple(sorted(env_refs([values, model_config]))),
+            code_manifest=manifest)
         rd.write_request(request.to_dict())
-        (rd.path / CONFIG).write_text(yaml.safe_dump(redact(values), sort_keys=False))
-        write_json_atomic(rd.path / META, {
-            "overrides": [redact_override(o) for o in plan.overrides],
+        # every variable the config references, the target's too: masked in what people read
+        secrets = env_values(env_refs(OmegaConf.to_container(plan.cfg, resolve=False)))
+        hidden = list(secrets.values())
+        (rd.path / CONFIG).write_text(
+            yaml.safe_dump(mask_values(redact(values), hidden), sort_keys=False))
+        write_json_atomic(rd.path / META, mask_values({
+            "overrides": [redact_override(to_references(o, secrets)) for o in plan.overrides],
             "choices": plan.choices,
             "target_config": redact(target_conf),
             "git": snapshot.git_state(self.project_root),
@@ -149,13 +198,13 @@ class Runs:
             "client": {
                 "host": socket.gethostname(), "user": getpass.getuser(),
                 "python": platform.python_version(), "runner": __version__,
-                "argv": [redact_override(a) for a in sys.argv[1:]],
+                "argv": [redact_override(to_references(a, secrets)) for a in sys.argv[1:]],
                 "cwd": os.getcwd(), "time": time.time(), "pid": os.getpid(),
             },
             "sweep_id": sweep_id,
             "model_description": plan.model.describe(),
             "data_inputs": [d.record() for d in plan.data_inputs],
-        })
+        }, hidden))
         spec = RunSpec(run_id=rec.id, run_dir=rd.path, target_name=plan.target_name,
                        target=plan.backend.config, env=plan.env, model=plan.model.name,
                        project_root=self.project_root, gpus=gpus,
@@ -274,6 +323,18 @@ class Runs:
                 return
             time.sleep(delay)
             delay = min(poll, delay * 1.5)
+
+
+def _model_config(plan: Plan, values: dict[str, Any]) -> dict[str, Any]:
+    """The model's validated config as it travels: a key whose config value holds a
+    ``${oc.env:VAR}`` keeps it, unless validation changed the value (a path made relative to
+    the project); :meth:`runner.request.RunRequest.to_dict` turns the values of referenced
+    variables left in it into references again."""
+    out = dataclasses.asdict(plan.model.config)  # type: ignore[call-overload]
+    for k, v in values.items():
+        if k in out and env_refs(v) and resolve_refs(v) == out[k]:
+            out[k] = v
+    return dict(out)
 
 
 def redact_override(text: str) -> str:

@@ -92,14 +92,16 @@ class RunRequest:
 
     run_id: str  #: the ledger's id of the run
     model: str  #: the registered model plugin's name
-    model_config: Mapping[str, Any]  #: the model's config values (secrets as ``${oc.env:}``)
+    model_config: Mapping[str, Any]  #: the model's config values (env values as ``${oc.env:}``)
     data: Mapping[str, Any] = field(default_factory=dict)  #: the ``data`` config, paths as given
     data_inputs: tuple[DataInput, ...] = ()  #: the files and folders the run reads
     env: Mapping[str, Any] = field(default_factory=dict)  #: the ``env`` config values
     seed: int = 0  #: seeds Python's, NumPy's and the framework's RNGs
     gpus: str | None = None  #: GPUs given to the run: None, "all" or "0,1"
     require_gpu: bool = False  #: fail at once when no GPU is visible
-    secret_env: tuple[str, ...] = ()  #: variables whose values the target must receive
+    #: variables whose values the target must receive (every ``${oc.env:VAR}`` in the config
+    #: values above); the worker masks their values in what it writes
+    secret_env: tuple[str, ...] = ()
     #: ``{path: [sha256, size, mode]}`` of the code snapshot (None: not a snapshot of ours)
     code_manifest: Mapping[str, Any] | None = field(default=None, compare=False, repr=False)
 
@@ -108,12 +110,22 @@ class RunRequest:
         return dataclasses.replace(self, gpus=gpus)
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON form written as ``request.json`` (no manifests: they stay with the client)."""
+        """The JSON form written as ``request.json`` (no manifests: they stay with the client).
+
+        Secrets travel by name: wherever the value of a :attr:`secret_env` variable (as this
+        process's environment sets it) appears, it is written as ``${oc.env:VAR}``, which the
+        worker resolves from its own environment (see :func:`runner.secrets.to_references`).
+        """
+        from runner.secrets import env_values, to_references
+
+        body = to_references({
+            "model_config": dict(self.model_config), "data": dict(self.data),
+            "data_inputs": [d.record() for d in self.data_inputs], "env": dict(self.env),
+        }, env_values(self.secret_env))
         return {
-            "run_id": self.run_id, "model": self.model, "model_config": dict(self.model_config),
-            "data": dict(self.data), "data_inputs": [d.record() for d in self.data_inputs],
-            "env": dict(self.env), "seed": self.seed, "gpus": self.gpus,
-            "require_gpu": self.require_gpu, "secret_env": list(self.secret_env),
+            "run_id": self.run_id, "model": self.model, **body, "seed": self.seed,
+            "gpus": self.gpus, "require_gpu": self.require_gpu,
+            "secret_env": list(self.secret_env),
         }
 
     @classmethod

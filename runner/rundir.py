@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import tempfile
 import time
 from collections.abc import Iterator
@@ -202,7 +203,64 @@ class LocalDirHandleMixin:
         yield from self.rd.read_log(offset, final=final)
 
     def fetch_outputs(self, dest: Path) -> None:
-        import shutil
-
         if Path(dest).resolve() != self.rd.path.resolve():
-            shutil.copytree(self.rd.path, dest, dirs_exist_ok=True)
+            safe_copy_tree(self.rd.path, Path(dest))
+
+
+def safe_copy_tree(src: Path, dest: Path, *, max_bytes: int | None = None) -> list[str]:
+    """Copy the regular files and folders of ``src`` into ``dest``, with the safety of a
+    fetch from another machine: links (wherever they point), devices and fifos are skipped,
+    nothing is written through a link in ``dest``, sparse files stay sparse, and the total
+    stays within ``max_bytes``. Returns the skipped paths (relative to ``src``)."""
+    skipped: list[str] = []
+    total = 0
+    dest.mkdir(parents=True, exist_ok=True)
+    root = os.path.realpath(dest)
+    for dirpath, dirnames, filenames in os.walk(src, followlinks=False):
+        rel = os.path.relpath(dirpath, src)
+        here = os.path.normpath(os.path.join(root, rel))
+        if os.path.realpath(here) != here:
+            skipped.append(rel)  # a folder in dest is a link: never write through it
+            dirnames[:] = []
+            continue
+        for d in list(dirnames):
+            if os.path.islink(os.path.join(dirpath, d)):
+                skipped.append(os.path.normpath(os.path.join(rel, d)))
+                dirnames.remove(d)
+            else:
+                os.makedirs(os.path.join(here, d), exist_ok=True)
+        for name in filenames:
+            path = os.path.join(dirpath, name)
+            st = os.lstat(path)
+            if not stat.S_ISREG(st.st_mode):
+                skipped.append(os.path.normpath(os.path.join(rel, name)))
+                continue
+            total += st.st_blocks * 512 if st.st_blocks * 512 < st.st_size else st.st_size
+            if max_bytes is not None and total > max_bytes:
+                from runner.errors import UserError
+                from runner.units import size_text
+
+                raise UserError(f"the run directory is over the {size_text(max_bytes)} cap "
+                                f"for a fetch (at {os.path.join(rel, name)}).",
+                                "write less into outputs/, or fetch with a larger --max-mb.")
+            target = os.path.join(here, name)
+            if os.path.islink(target):
+                os.unlink(target)  # replaced by the file itself, never written through
+            _copy_sparse(path, target, st)
+    return skipped
+
+
+def _copy_sparse(src: str, dst: str, st: os.stat_result) -> None:
+    """Copy one regular file; runs of zeros in a file with holes become holes again."""
+    sparse = st.st_blocks * 512 < st.st_size
+    tmp = dst + ".runner-part"
+    with open(src, "rb") as fi, open(tmp, "wb") as fo:
+        while chunk := fi.read(1 << 20):
+            if sparse and not chunk.strip(b"\0"):
+                fo.seek(len(chunk), os.SEEK_CUR)
+            else:
+                fo.write(chunk)
+        fo.truncate()
+    os.chmod(tmp, stat.S_IMODE(st.st_mode))
+    os.utime(tmp, ns=(st.st_atime_ns, st.st_mtime_ns))
+    os.replace(tmp, dst)

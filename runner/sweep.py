@@ -43,6 +43,7 @@ from runner.errors import UserError
 from runner.launch import Plan, Runs
 from runner.rundir import RunDir, read_json, write_json_atomic
 from runner.store import RunRecord
+from runner.views import jobs_table, key_metrics, override_values
 
 __all__ = ["Job", "Sweep", "SweepCancelled", "JobFailed", "sweep_jobs", "swept_keys"]
 
@@ -422,7 +423,7 @@ class Sweep:
         job.summary = dict(rec.summary) if rec else {}
         job.ended = time.time()
         tail = f" ({st.message})" if st.message and st.state != RunState.SUCCEEDED else ""
-        metrics = _metrics_text(job.summary, self.objective)
+        metrics = key_metrics(job.summary, self.objective)
         self._transition(job, st.state.value, tail + (f": {metrics}" if metrics else ""))
 
     def _cancel_all(self, active: Sequence[Job], why: str) -> None:
@@ -482,68 +483,20 @@ class Sweep:
         return 0 if all(j.ok for j in self.jobs) else 1
 
     def print_table(self, console: Any = None) -> None:
+        """The table of the sweep's jobs (on stderr unless ``console`` says otherwise)."""
         if not self.jobs:
             return
-        print_jobs_table(self.sweep_id or "?", [(j.num, j.overrides, j.run_id, j.state, j.summary,
-                                                 (j.ended or time.time()) - j.started
-                                                 if j.started else None) for j in self.jobs],
-                         self.objective, console)
+        jobs_table(self.sweep_id or "?", [(j.num, j.overrides, j.run_id, j.state, j.summary,
+                                           (j.ended or time.time()) - j.started
+                                           if j.started else None) for j in self.jobs],
+                   self.objective, console)
 
 
 # -- reading a sweep back -----------------------------------------------------------------------
 
-def _metrics_text(summary: dict[str, float], objective: str | None, n: int = 3) -> str:
-    preferred: tuple[str, ...] = (objective,) if objective else ()
-    preferred += ("test_accuracy", "val_accuracy", "accuracy", "val_loss", "loss")
-    names = [k for k in dict.fromkeys(preferred) if k and k in summary]
-    names += sorted(k for k in summary if k not in names)
-    return "  ".join(f"{k}={_fmt(summary[k])}" for k in names[:n])
-
-
-def _fmt(v: Any) -> str:
-    return f"{v:.4g}" if isinstance(v, float) else str(v)
-
-
-_STYLE = {"SUCCEEDED": "green", "FAILED": "red", "LOST": "magenta", "CANCELLED": "yellow",
-          "RUNNING": "cyan", "PREPARING": "cyan", "QUEUED": "dim", SKIPPED: "green"}
-
-
-def print_jobs_table(sweep_id: str, rows: Sequence[tuple[int, list[str], str | None, str,
-                                                             dict[str, float], float | None]],
-                     objective: str | None, console: Any = None, *, stderr: bool = True) -> None:
-    """The sweep's table: one row per job with its run, state, swept values and metrics."""
-    from rich.console import Console
-    from rich.markup import escape
-    from rich.table import Table
-
-    keys = swept_keys([r[1] for r in rows])
-    t = Table(title=f"sweep {sweep_id}", title_justify="left", box=None, pad_edge=False)
-    for col in ("job", "run", "state", *keys, "metrics", "time"):
-        t.add_column(col, no_wrap=col != "metrics")
-    for num, overrides, run_id, state, summary, took in rows:
-        values = _override_values(overrides)
-        t.add_row(str(num), run_id or "-", f"[{_STYLE.get(state, '')}]{state}[/]",
-                  *[escape(values.get(k, "-")) for k in keys],
-                  escape(_metrics_text(summary, objective)), f"{took:.1f}s" if took is not None else "-")
-    if console is None:
-        console = Console(stderr=stderr, highlight=False)
-        if not console.is_terminal:  # a log file or a pipe: one line per job, never wrapped
-            console = Console(stderr=stderr, highlight=False, width=240)
-    console.print(t)
-
-
-def _override_values(overrides: Sequence[str]) -> dict[str, str]:
-    out = {}
-    for o in overrides:
-        key, sep, value = o.partition("=")
-        if sep:
-            out[key.lstrip("+~")] = value
-    return out
-
-
 def swept_keys(overrides: Sequence[Sequence[str]]) -> list[str]:
     """The override keys whose values differ between the jobs (the swept keys), in order."""
-    per_job = [_override_values(o) for o in overrides]
+    per_job = [override_values(o) for o in overrides]
     keys = list(dict.fromkeys(k for o in per_job for k in o))
     return [k for k in keys if len({o.get(k) for o in per_job}) > 1]
 
@@ -615,7 +568,7 @@ def show(runs: Runs, sweep_id: str) -> int:
         took = ((rec.finished or time.time()) - rec.created) if rec else None
         rows.append((j.num, j.overrides, rec.id if rec else None, state,
                      dict(rec.summary) if rec else {}, took))
-    print_jobs_table(sweep_id, rows, objective, stderr=False)
+    jobs_table(sweep_id, rows, objective, stderr=False)
     todo = [j for j in jobs if j.run is None or j.run.state in RESUMABLE]
     if todo:
         print(f"{len(todo)} job(s) failed, were cancelled or lost: `runner sweep {sweep_id} --resume` "

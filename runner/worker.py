@@ -9,6 +9,7 @@ here (no Hydra, no OmegaConf): a target's environment does not have to carry the
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import platform
 import random
@@ -27,6 +28,7 @@ from typing import Any
 from runner.backend import RunState, RunStatus
 from runner.request import DATA_DIR_ENV, RunRequest
 from runner.rundir import WORKER, RunDir, append_metric, write_json_atomic
+from runner.secrets import StreamMasker, mask_text, mask_values, resolve_refs
 
 
 class Cancelled(BaseException):
@@ -37,9 +39,10 @@ class _Context:
     """The :class:`runner.model.RunContext` the worker hands to a model."""
 
     def __init__(self, rd: RunDir, request: RunRequest, info: dict[str, Any],
-                 data: Mapping[str, Any]) -> None:
+                 data: Mapping[str, Any], hidden: list[str]) -> None:
         self._rd = rd
         self._info = info
+        self._hidden = hidden
         self.run_id: str = request.run_id
         self.run_dir = rd.path
         self.work_dir = rd.code if rd.code.is_dir() else rd.path
@@ -50,25 +53,22 @@ class _Context:
         self.gpus: str | None = request.gpus
 
     def log_metric(self, name: str, value: float, step: int | None = None) -> None:
-        append_metric(self._rd.metrics, name, value, step)
+        append_metric(self._rd.metrics, mask_text(name, self._hidden), value, step)
 
     def set_meta(self, key: str, value: Any) -> None:
         self._info.setdefault("meta", {})[key] = value
-        write_json_atomic(self._rd.path / WORKER, self._info)
+        _write_info(self._rd, self._info, self._hidden)
 
 
 def resolve_env_refs(value: Any) -> Any:
     """Resolve ``${oc.env:VAR}`` left in the request by the client (secrets travel as
     references, never as values) from the worker's environment."""
-    if isinstance(value, str):
-        from runner.secrets import ENV_REF
+    return resolve_refs(value, os.environ)
 
-        return ENV_REF.sub(lambda m: os.environ.get(m.group(1), m.group(2) or ""), value)
-    if isinstance(value, dict):
-        return {k: resolve_env_refs(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [resolve_env_refs(v) for v in value]
-    return value
+
+def _write_info(rd: RunDir, info: dict[str, Any], hidden: list[str]) -> None:
+    """Write ``worker.json`` with the run's secret values masked."""
+    write_json_atomic(rd.path / WORKER, mask_values(info, hidden))
 
 
 def data_on_target(request: RunRequest) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -149,41 +149,33 @@ def seed_everything(seed: int, *, seed_numpy: bool = True) -> None:
 
 def _masked_output(secret_values: list[str]) -> Any:
     """Route fds 1 and 2 (and so every child's output) through a pipe whose reader masks
-    secrets before they reach the log. Returns the function that restores and drains it."""
+    secrets before they reach the log (a value written in pieces too: see
+    :class:`runner.secrets.StreamMasker`). Returns the function that restores and drains it."""
     import select
     import threading
-
-    from runner.secrets import mask_text
 
     log_fd = os.dup(1)
     r, w = os.pipe()
     os.dup2(w, 1)
     os.dup2(w, 2)
     os.close(w)
+    masker = StreamMasker(secret_values)
 
     def write(data: bytes) -> None:
-        text = mask_text(data.decode("utf-8", "replace"), secret_values)
-        os.write(log_fd, text.encode())
+        while data:
+            data = data[os.write(log_fd, data):]
 
     def pump() -> None:
-        buf = b""
         while True:
             ready, _, _ = select.select([r], [], [], 0.3)
             if not ready:  # quiet for a moment: let a partial line (a prompt, a bar) through
-                if buf:
-                    write(buf)
-                    buf = b""
+                write(masker.partial())
                 continue
             chunk = os.read(r, 65536)
             if not chunk:
                 break
-            buf += chunk
-            cut = max(buf.rfind(b"\n"), buf.rfind(b"\r"))
-            if cut >= 0:
-                write(buf[: cut + 1])
-                buf = buf[cut + 1 :]
-        if buf:
-            write(buf)
+            write(masker.feed(chunk))
+        write(masker.close())
         os.close(r)
 
     thread = threading.Thread(target=pump, name="runner-log", daemon=True)
@@ -206,7 +198,9 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
 def run(run_dir: Path) -> int:
     """Execute the run in ``run_dir``; return the process exit code."""
     rd = RunDir(run_dir)
-    request = RunRequest.from_dict(rd.request())
+    # the client wrote secrets (and copies of them) as ${oc.env:VAR}: resolved here, in memory
+    request = RunRequest.from_dict(resolve_env_refs(rd.request()))
+    hidden = [os.environ.get(v, "") for v in request.secret_env]
     signal.signal(signal.SIGTERM, _on_sigterm)
     os.environ["RUNNER_RUN_DIR"] = str(rd.path)
     os.environ["RUNNER_OUTPUTS"] = str(rd.outputs)
@@ -224,8 +218,8 @@ def run(run_dir: Path) -> int:
         "gpus": gpu_info(),
         "packages": _packages(),
     }
-    write_json_atomic(rd.path / WORKER, info)
-    restore = _masked_output([os.environ.get(v, "") for v in request.secret_env])
+    _write_info(rd, info, hidden)
+    restore = _masked_output(hidden)
     rd.write_status(RunStatus(RunState.RUNNING))
     status: RunStatus
     try:
@@ -251,10 +245,10 @@ def run(run_dir: Path) -> int:
         data, seen = data_on_target(request)
         if seen:
             info["data"] = seen
-            write_json_atomic(rd.path / WORKER, info)
+            _write_info(rd, info, hidden)
         seed_everything(request.seed, seed_numpy=not model_cls.runs_in_subprocess)
-        model = model_cls.from_mapping(resolve_env_refs(dict(request.model_config)))
-        ctx = _Context(rd, request, info, data)
+        model = model_cls.from_mapping(dict(request.model_config))
+        ctx = _Context(rd, request, info, data, hidden)
         os.chdir(ctx.work_dir)
         print(f"[runner] run {ctx.run_id}: model {model.describe()} on {info['host']}, seed {ctx.seed}",
               flush=True)
@@ -283,8 +277,8 @@ def run(run_dir: Path) -> int:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the final write must not be interrupted
     restore()
     info["finished"] = time.time()
-    write_json_atomic(rd.path / WORKER, info)
-    rd.write_status(status)
+    _write_info(rd, info, hidden)
+    rd.write_status(dataclasses.replace(status, message=mask_text(status.message, hidden)))
     return status.exit_code or 0
 
 

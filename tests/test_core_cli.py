@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from runner.backend import RunState
+from runner.commands import CommandContext
 from runner.plugins.local import group_members
 from runner.store import Store
 
@@ -47,11 +49,11 @@ def last_run(project: Path):  # type: ignore[no-untyped-def]
     return Store(project / ".runner").list(limit=1)[0]
 
 
-def test_help_answers_without_importing_tensorflow() -> None:
+def test_help_answers_without_importing_tensorflow_hydra_or_rich() -> None:
     code = (
         "import sys, runner.cli\n"
         "try:\n    runner.cli.main(['--help'])\nexcept SystemExit:\n    pass\n"
-        "heavy = [m for m in ('tensorflow', 'keras', 'hydra', 'omegaconf', 'fabric') if m in sys.modules]\n"
+        "heavy = [m for m in ('tensorflow', 'keras', 'hydra', 'omegaconf', 'fabric', 'rich') if m in sys.modules]\n"
         "print('HEAVY', heavy)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
@@ -198,7 +200,43 @@ def test_hydra_flags_work_as_hydra_users_expect(project: Path, cli) -> None:  # 
     assert "slots: 3" in res.stdout and "path: x.py" in res.stdout
     info = cli("submit", "--info", "defaults")
     assert info.returncode == 0 and "target/local" in info.stdout
+    resolved = cli("submit", "--cfg", "job", "--resolve", "+where=${target.backend}")
+    assert resolved.returncode == 0 and "where: local" in resolved.stdout, resolved.stderr
     assert not (project / ".runner" / "runs.db").exists() or Store(project / ".runner").list() == []
+
+
+def test_a_run_resolves_hydra_interpolations(project: Path, cli) -> None:  # type: ignore[no-untyped-def]
+    write(project, "t.py", "print('ok')\n")
+    res = cli("submit", "model=script", "model.path=t.py", "+where=${hydra:runtime.choices.target}")
+    assert res.returncode == 0, res.stderr
+    assert "where: local" in (last_run(project).run_dir / "config.yaml").read_text()
+
+
+def test_runs_says_when_it_shows_only_the_newest(project: Path, cli) -> None:  # type: ignore[no-untyped-def]
+    store = Store(project / ".runner")
+    for _ in range(24):
+        rec = store.create_run(target="local", backend="local", model="script")
+        store.update(rec.id, state=RunState.SUCCEEDED, finished=time.time())
+    res = cli("runs")
+    assert res.returncode == 0, res.stderr
+    assert len([ln for ln in res.stdout.splitlines() if "SUCCEEDED" in ln]) == 20
+    assert "showing 20 of 24; `-n 0` for all" in res.stderr
+    everything = cli("runs", "-n", "0")
+    assert len([ln for ln in everything.stdout.splitlines() if "SUCCEEDED" in ln]) == 24
+    assert "showing" not in everything.stderr
+    assert "showing" not in cli("runs", "-n", "24").stderr
+
+
+def test_a_command_context_builds_the_ledger_once_and_only_when_used() -> None:
+    made: list[int] = []
+
+    def make() -> object:
+        made.append(1)
+        return object()
+
+    ctx = CommandContext(debug=True, make_runs=make)  # type: ignore[arg-type]
+    assert made == [] and ctx.debug
+    assert ctx.runs is ctx.runs and made == [1]
 
 
 def test_a_project_adds_its_own_targets_and_envs(project: Path, cli) -> None:  # type: ignore[no-untyped-def]
@@ -210,6 +248,8 @@ def test_a_project_adds_its_own_targets_and_envs(project: Path, cli) -> None:  #
     rec = last_run(project)
     assert rec.target == "mybox"
     assert json.loads((rec.run_dir / "meta.json").read_text())["target_config"]["slots"] == 4
+    shown = cli("submit", "--cfg", "job", "target=mybox", "env=pinned")  # through a Hydra app
+    assert shown.returncode == 0 and "slots: 4" in shown.stdout and "name: pinned" in shown.stdout
 
 
 @pytest.mark.parametrize(
@@ -228,6 +268,15 @@ def test_a_project_adds_its_own_targets_and_envs(project: Path, cli) -> None:  #
         (["model=script", "model.path=t.py", "model.pth=x"], {}, ["key 'model.pth' is not in the composed config"]),
         (["target.password=hunter2"], {}, ["looks like a secret", "${oc.env:TARGET_PASSWORD}"]),
         (["model=script", "model.path=t.py", "seed=abc"], {}, ["seed"]),
+        (["model=[a"], {}, ["cannot parse the override 'model=[a'", "override grammar"]),
+        (["hydra.launcher.max_parallel=abc"], {},
+         ["hydra.launcher.max_parallel=abc", "could not be converted to Integer"]),
+        (["-m", "model=script", "model.path=t.py", "target=nope,local"], {},
+         ["unknown target 'nope'", "available target options: local"]),
+        (["-m", "model=script", "model.path=t.py", "model.pth=1,2"], {},
+         ["key 'model.pth' is not in the composed config"]),
+        (["--cfg", "job", "-m"], {}, ["--cfg and -m do not go together"]),
+        (["--resolve"], {}, ["--resolve only applies with --cfg"]),
     ],
 )
 def test_bad_input_gets_one_clear_error_and_exit_code_2(
@@ -297,19 +346,42 @@ def test_a_pip_installed_plugin_is_listed_and_its_backend_runs_a_job(
     project: Path, cli, example_plugin_path: Path  # type: ignore[no-untyped-def]
 ) -> None:
     env = {"PYTHONPATH": os.pathsep.join([str(example_plugin_path), os.environ.get("PYTHONPATH", "")])}
+    # the distribution carries the backend of docs/plugins.md itself, not a link back here
+    installed = example_plugin_path / "runner_example_plugin" / "subprocess_backend.py"
+    assert not installed.is_symlink()
+    assert installed.read_text() == (REPO / "docs" / "examples" / "subprocess_backend.py").read_text()
     listed = cli("plugins", env=env)
     assert "runner-example-plugin 0.3.0" in listed.stdout
-    assert "backend nice_local" in listed.stdout and "model countdown" in listed.stdout
+    assert "backend subprocess" in listed.stdout and "model countdown" in listed.stdout
     assert "liftoff" in cli("--help", env=env).stdout  # a plugin's own subcommand
     assert cli("liftoff", "--from", "2", env=env).stdout == "2 1 0 liftoff\n"
     # neither needs YAML: their config schemas are offered as options
-    res = cli("submit", "target=nice_local", "target.niceness=5", "model=countdown", "model.start=2",
-              env=env)
+    res = cli("submit", "target=subprocess", "target.cancel_grace=3", "model=countdown",
+              "model.start=2", env=env)
     assert res.returncode == 0, res.stderr
-    assert "countdown 0 (nice 5)" in res.stdout
+    assert "countdown 2\ncountdown 1\ncountdown 0\n" in res.stdout and "SUCCEEDED" in res.stderr
     rec = last_run(project)
-    assert rec.backend == "nice_local" and rec.summary == {"remaining": 0.0}
-    assert (rec.run_dir / "outputs" / "liftoff.txt").exists()
+    assert rec.state.value == "SUCCEEDED" and rec.exit_code == 0
+    assert rec.backend == "subprocess" and rec.summary == {"remaining": 0.0}
+    assert (rec.run_dir / "outputs" / "liftoff.txt").read_text() == "liftoff\n"
+    assert json.loads((rec.run_dir / "meta.json").read_text())["target_config"]["cancel_grace"] == 3
+    listing = cli("runs", env=env)
+    assert rec.id in listing.stdout and "SUCCEEDED" in listing.stdout and "remaining=0" in listing.stdout
+    shown = cli("show", "last", env=env)
+    assert shown.returncode == 0, shown.stderr
+    for expected in (rec.id, "SUCCEEDED", "subprocess (backend subprocess)", "remaining", "liftoff.txt"):
+        assert expected in shown.stdout
+    assert "countdown 0\n" in cli("logs", "last", env=env).stdout
+    # a second run finds its environment prepared; a detached one is cancelled from another
+    # process, which finds it again from the locator in the ledger
+    again = cli("submit", "--detach", "target=subprocess", "model=countdown", "model.start=600",
+                "model.delay=0.1", env=env)
+    assert again.returncode == 0, again.stderr
+    assert "env current: cached" in again.stderr
+    cancelled = cli("cancel", "last", env=env)
+    assert cancelled.returncode == 0 and "CANCELLED" in cancelled.stderr, cancelled.stderr
+    rec = last_run(project)
+    assert rec.state.value == "CANCELLED" and group_members(rec.locator["pid"]) == []
 
 
 def test_a_project_with_its_own_models_and_plugins_packages_is_not_shadowed(project: Path, cli) -> None:  # type: ignore[no-untyped-def]

@@ -216,6 +216,15 @@ def test_the_lab_journey_on_the_local_target(project: Path, tmp_path: Path) -> N
     assert "a wonderful moving film" in pred.stdout
     score, label = pred.stdout.split()[:2]  # the model says what its number means
     assert 0 <= float(score) <= 1 and label in ("positive", "negative")
+    # a file of scraped reviews: one input per line, whatever separators the text holds
+    reviews = tmp_path / "to_score.txt"
+    reviews.write_bytes("a fine film\u2028with a twist\r\nwooden\x85acting\n\nthe end\n".encode())
+    pred = run_cli("predict", seen["relative"], "--file", str(reviews), "--format", "tsv",
+                   cwd=project, timeout=120)
+    assert pred.returncode == 0, pred.stderr
+    rows = [ln.split("\t") for ln in pred.stdout.split("\n") if ln]
+    assert [r[0] for r in rows] == ["1", "2", "4"]  # line numbers join scores to their lines
+    assert rows[0][2] == "a fine film\u2028with a twist" and rows[1][2] == "wooden\x85acting"
 
 
 def test_data_inside_the_project_travels_as_data_not_again_as_code(proj: Path) -> None:

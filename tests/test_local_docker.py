@@ -335,6 +335,19 @@ def test_gpu_preflight_names_the_missing_layer(tmp_path: Path, backend: LocalDoc
     assert "was not started" in text
 
 
+def test_prepare_checks_the_gpus_the_target_offers_as_submit_does(project: Path) -> None:
+    if TESTBED.get("RUNNER_DOCKER_HOST_GPUS") != "fake":
+        pytest.skip("the engine has no (stand-in) NVIDIA runtime: scripts/testbed.sh up adds one")
+    (project / "job.py").write_text("print(1)\n")
+    base = ["target=local_docker", "target.gpus=0", "env=docker_python", f"env.base_image={BASE}",
+            "model=script", "model.path=job.py"]
+    prep = run_cli("prepare", *base, cwd=project, timeout=300)
+    sub = run_cli("submit", *base, cwd=project, timeout=300)
+    # the env itself is cached either way; the GPUs of the target decide, for both alike
+    assert prep.returncode == sub.returncode == 2, (prep.stderr, sub.stderr)
+    assert "GPU preflight failed" in prep.stderr and "GPU preflight failed" in sub.stderr
+
+
 def test_a_passed_preflight_is_not_repeated_for_the_same_image_and_gpus(
     tmp_path: Path, backend: LocalDockerBackend, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -34,15 +34,13 @@ class OldRunDir:
     known: bool  # this project's ledger has the run
 
 
-def load_remote_target(name: str) -> tuple[Any, RemoteDockerBackend]:
-    """The ledger (:class:`runner.launch.Runs`) and a backend for target ``name`` of the
-    current project, loaded and validated as ``runner doctor NAME`` does."""
+def load_remote_target(name: str, runs: Any) -> tuple[Any, RemoteDockerBackend]:
+    """``runs`` (the CLI's :class:`runner.launch.Runs`) and a backend for target ``name`` of
+    the current project, loaded and validated as ``runner doctor NAME`` does."""
     from omegaconf import DictConfig, OmegaConf
 
     from runner import config as conf
-    from runner.launch import Runs
 
-    runs = Runs()
     path = conf.config_file("target", name, runs.dirs)
     names = conf.options("target", runs.dirs)
     if not Path(path).is_file():
@@ -180,7 +178,7 @@ def _gc(args: Any) -> int:
     if args.keep < 0:
         raise UserError(f"--keep: must be 0 or more, got {args.keep}.",
                         "it is how many of the newest images of each env stay (default 1).")
-    runs, b = load_remote_target(args.target)
+    runs, b = load_remote_target(args.target, args.context.runs)
     runs.reconcile()
     records = {r.id: r for r in runs.store.list()}
     active = {i for i, r in records.items() if not r.state.terminal}

@@ -1,41 +1,20 @@
-"""An example third-party plugin: the ``nice_local`` backend and the ``countdown`` model.
+"""An example third-party plugin: the ``subprocess`` backend and the ``countdown`` model.
 
-Installed with pip, it is found through the ``runner.plugins`` entry point; nothing in the
-runner names it.
+Installed with pip, it is found through its two ``runner.plugins`` entry points; nothing in
+the runner names it. The backend module, :mod:`runner_example_plugin.subprocess_backend`, is
+the example of ``docs/plugins.md`` (``docs/examples/subprocess_backend.py``), registered through
+its own entry point; this module registers the model and a ``runner liftoff`` command.
 """
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 from typing import Any
 
 from runner import hookimpl
-from runner.backend import Command, Prepared, RunHandle, RunSpec
+from runner.backend import Command
 from runner.model import Model, RunContext
-from runner.plugins.local import LocalBackend, LocalConfig
-
-
-@dataclass
-class NiceConfig(LocalConfig):
-    backend: str = "nice_local"  # this backend
-    niceness: int = 10  # how much to lower the worker's CPU priority
-
-
-class NiceLocalBackend(LocalBackend):
-    """Runs the worker like ``local``, at a lower CPU priority."""
-
-    name = "nice_local"
-    Config = NiceConfig
-    config: NiceConfig
-
-    def submit(self, spec: RunSpec, prepared: Prepared) -> RunHandle:
-        os.environ["EXAMPLE_NICENESS"] = str(self.config.niceness)
-        try:
-            return super().submit(spec, prepared)
-        finally:
-            del os.environ["EXAMPLE_NICENESS"]
 
 
 @dataclass
@@ -46,26 +25,18 @@ class CountdownConfig:
 
 
 class Countdown(Model):
-    """Counts down, logging each step as a metric."""
+    """Counts down, logging each step as a metric, and writes ``liftoff.txt``."""
 
     name = "countdown"
     Config = CountdownConfig
 
     def run(self, ctx: RunContext) -> int:
-        niceness = os.environ.get("EXAMPLE_NICENESS")
-        if niceness:
-            os.nice(int(niceness))
         for step, n in enumerate(range(self.config.start, -1, -1)):
-            print(f"countdown {n} (nice {os.nice(0)})", flush=True)
+            print(f"countdown {n}", flush=True)
             ctx.log_metric("remaining", n, step=step)
             time.sleep(self.config.delay)
         (ctx.outputs_dir / "liftoff.txt").write_text("liftoff\n")
         return 0
-
-
-@hookimpl
-def runner_register_backends(register: Any) -> None:
-    register(NiceLocalBackend)
 
 
 @hookimpl

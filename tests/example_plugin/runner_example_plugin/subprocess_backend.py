@@ -1,0 +1,1 @@
+../../../docs/examples/subprocess_backend.py
