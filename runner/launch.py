@@ -132,7 +132,11 @@ class Runs:
         values = _job_values(cfg)
         data = values.get("data") or {}
         resolved_data = resolve_refs(data)  # the client reads the data; references travel
+        before = dict(resolved_data)
         model.validate(self.project_root, resolved_data)
+        for k, v in resolved_data.items():  # what validation filled in (a word index found
+            if k not in before or before[k] != v:  # beside the reviews) travels with the run
+                data[k] = v
         seed = cfg.get("seed", 0)
         if not isinstance(seed, int):
             raise UserError(f"seed: must be an integer, got {seed!r}.")

@@ -189,7 +189,12 @@ def test_ctrl_c_cancels_the_sweep_and_leaves_nothing_running(sweep_project: Path
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 130, out
-    assert "cancelling 2 running and 1 queued jobs" in out
+    # how many jobs were still queued depends on how far the launcher got on a busy machine
+    import re
+
+    said = re.search(r"cancelling (\d+) running and (\d+) queued jobs", out)
+    assert said is not None, out
+    assert int(said.group(1)) == 2 and int(said.group(2)) <= 1, out
     _assert_all_stopped(sweep_project)
 
 
