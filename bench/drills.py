@@ -225,8 +225,8 @@ def drill_secrets(root: Path) -> dict[str, int]:
         "sys.stdout.write(t[:6]); sys.stdout.flush(); time.sleep(0.5); print(t[6:])\n"
         "print('arg', sys.argv[1:])\n")
     (proj / "conf" / "data").mkdir(parents=True)
-    routes: list[list[str]] = [
-        ["submit", "model=script", "model.path=job.py"],
+    routes: list[list[str]] = [  # each references the secret, as the config of a run does
+        ["submit", "model=script", "model.path=job.py", "+data.api_token=${oc.env:DRILL_TOKEN}"],
         ["submit", "model=script", "model.path=job.py", "+data.auth={token: ${oc.env:DRILL_TOKEN}}"],
         ["submit", "model=script", "model.path=job.py", "+data.api_token=${oc.env:DRILL_TOKEN}",
          "+data.copy=${data.api_token}"],
