@@ -19,17 +19,16 @@ import base64
 import hashlib
 import os
 import secrets
-import shlex
 import socket
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from runner.errors import UserError
-from runner.plugins._docker import Result
+from runner.plugins._docker.engine import Result
 
 
 @dataclass(frozen=True)
@@ -253,29 +252,6 @@ class Session:
             self._opened = True
             self._conn = conn
             return conn
-
-    def install_public_key(self, public_key: str) -> bool:
-        """Append ``public_key`` (one authorized_keys line) to ``~/.ssh/authorized_keys`` on the
-        host unless a line already has that key; ``~/.ssh`` is made 700 and the file 600.
-        True when it was added, False when it was there already."""
-        parts = public_key.split()
-        marker = " ".join(parts[:2])  # key type and base64: the comment may differ
-        r = self.run(
-            f"umask 077; k={shlex.quote(public_key)}; m={shlex.quote(marker)}; "
-            'f="$HOME/.ssh/authorized_keys"; '
-            'mkdir -p "$HOME/.ssh" && chmod 700 "$HOME/.ssh" && touch "$f" && chmod 600 "$f" '
-            "|| exit 3; "
-            'if grep -qF -- "$m" "$f"; then echo present; exit 0; fi; '
-            'if [ -s "$f" ] && [ -n "$(tail -c 1 "$f")" ]; then echo >>"$f"; fi; '
-            "printf '%s\\n' \"$k\" >>\"$f\" && echo added",
-            timeout=60, retry=False)
-        out = r.stdout.strip()
-        if not r.ok or out not in ("added", "present"):
-            raise UserError(f"could not add the key to ~/.ssh/authorized_keys on {self.label}: "
-                            f"{r.last_error()}",
-                            "check that the account's home folder is writable; nothing was "
-                            "written here.")
-        return out == "added"
 
     def _close_quietly(self) -> None:
         if self._sh is not None:
@@ -528,52 +504,3 @@ class _Shell:
             self.chan.close()
         except Exception:
             pass
-
-
-class SSHExecutor:
-    """Runs docker command lines on the host through a :class:`Session` (the
-    :class:`runner.plugins._docker.Executor` protocol). ``raw`` words (the target's configured
-    docker command, e.g. ``sudo docker``) are passed to the remote shell as written."""
-
-    def __init__(self, session: Session, raw: Sequence[str] = ()) -> None:
-        self.session = session
-        self.raw = set(raw)
-
-    def command(self, argv: Sequence[str]) -> str:
-        return " ".join(a if a in self.raw else shlex.quote(a) for a in argv)
-
-    def _with_input(self, command: str, input: bytes | None) -> tuple[str, bool]:
-        """``command`` reading ``input`` from a file sent by SFTP first (the shell's own stdin
-        carries the commands)."""
-        if input is None:
-            return command, True
-        path = f"/tmp/.runner-input-{secrets.token_hex(8)}"
-        self.session.write_file(path, input, mode=0o600)
-        return f"{command} <{path}; rc=$?; rm -f {path}; exit $rc", False
-
-    def run(self, argv: Sequence[str], *, input: bytes | None = None,
-            timeout: float | None = None) -> Result:
-        command, safe = self._with_input(self.command(argv), input)
-        return self.session.run(command, timeout=timeout, retry=safe)
-
-    def stream(self, argv: Sequence[str], *, input: bytes | None = None,
-               on_line: Callable[[str], None]) -> Result:
-        pending = bytearray()
-        tail: list[str] = []
-
-        def sink(chunk: bytes) -> None:
-            pending.extend(chunk)
-            while b"\n" in pending:
-                line, _, rest = bytes(pending).partition(b"\n")
-                pending[:] = rest
-                text = line.decode("utf-8", "replace")
-                on_line(text)
-                tail.append(text)
-                del tail[:-20]
-
-        # 2>&1: docker build reports progress on stderr; the caller wants one ordered stream
-        command, _ = self._with_input(self.command(argv) + " 2>&1", input)
-        r = self.session.run(command, sink=sink, retry=False)
-        if pending:
-            sink(b"\n")
-        return Result(r.returncode, "", "\n".join(tail + ([r.stderr] if r.stderr else [])))

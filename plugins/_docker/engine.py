@@ -1,5 +1,5 @@
 """Running docker commands on the machine whose engine a backend drives: this one
-(``subprocess``) or a remote host (one SSH command per call, see ``_ssh.SSHExecutor``)."""
+(``subprocess``) or a remote host (one SSH command per call, see ``remote_docker.executor``)."""
 
 from __future__ import annotations
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +72,30 @@ def target_yaml(c: RemoteDockerConfig, comment: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def install_public_key(session: Session, public_key: str) -> bool:
+    """Append ``public_key`` (one authorized_keys line) to ``~/.ssh/authorized_keys`` on the
+    host unless a line already has that key; ``~/.ssh`` is made 700 and the file 600.
+    True when it was added, False when it was there already."""
+    parts = public_key.split()
+    marker = " ".join(parts[:2])  # key type and base64: the comment may differ
+    r = session.run(
+        f"umask 077; k={shlex.quote(public_key)}; m={shlex.quote(marker)}; "
+        'f="$HOME/.ssh/authorized_keys"; '
+        'mkdir -p "$HOME/.ssh" && chmod 700 "$HOME/.ssh" && touch "$f" && chmod 600 "$f" '
+        "|| exit 3; "
+        'if grep -qF -- "$m" "$f"; then echo present; exit 0; fi; '
+        'if [ -s "$f" ] && [ -n "$(tail -c 1 "$f")" ]; then echo >>"$f"; fi; '
+        "printf '%s\\n' \"$k\" >>\"$f\" && echo added",
+        timeout=60, retry=False)
+    out = r.stdout.strip()
+    if not r.ok or out not in ("added", "present"):
+        raise UserError(f"could not add the key to ~/.ssh/authorized_keys on {session.label}: "
+                        f"{r.last_error()}",
+                        "check that the account's home folder is writable; nothing was "
+                        "written here.")
+    return out == "added"
+
+
 #: The key ``--install-key`` installs when ``--key`` is not given.
 DEFAULT_KEY = "~/.ssh/id_ed25519"
 
@@ -121,7 +146,7 @@ def _install_key(c: RemoteDockerConfig, refused: KeyRefused, trust: str | None, 
     try:
         session.connect(password=password)
         del password
-        added = session.install_public_key(line)
+        added = install_public_key(session, line)
         label = session.label
     finally:
         session.close()

@@ -25,7 +25,7 @@ from runner.environment import env_inputs, env_key
 from runner.errors import UserError
 from runner.plugins import _docker as dk
 from runner.plugins import _store as store
-from runner.plugins._ssh import Session, SSHExecutor
+from runner.plugins._ssh import Session
 from runner.plugins.remote_docker.config import (
     _BUSY,
     L_DATA,
@@ -35,6 +35,7 @@ from runner.plugins.remote_docker.config import (
     _q,
     session_for,
 )
+from runner.plugins.remote_docker.executor import SSHExecutor
 from runner.plugins.remote_docker.handle import RemoteHandle
 from runner.plugins.remote_docker.host import HostFacts, doctor, probe
 from runner.plugins.remote_docker.transfer import ship

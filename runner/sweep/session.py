@@ -1,51 +1,29 @@
-"""Sweeps: every job of a Hydra sweep submitted through its target's backend at once.
-
-A :class:`Sweep` is what ``runner submit -m`` (through the ``runner`` Hydra launcher in
-``hydra_plugins/runner_launcher``) and ``runner sweep SWEEP --resume`` drive. It
-
-- takes the code snapshot **once** (``.runner/sweeps/SWEEP/code``) and prepares each distinct
-  environment once, so every job of the sweep runs the same code and env however long it lasts;
-- records the sweep in the ledger, and each job's *key*: a hash of the job's composed config,
-  the snapshot's manifest and the env key (``--skip-done`` reuses a job whose key succeeded);
-- submits jobs detached, at most ``max_parallel`` at once and at most the target's ``slots``
-  (``slots: 0`` lets the backend place runs itself, as Ray does), each with its own GPU when
-  the target lists GPUs;
-- prints one line per job state change and every job's log prefixed by ``[job N]``, and ends
-  with a table of jobs, states and key metrics;
-- keeps going when a job fails, unless ``fail_fast``; Ctrl-C or ``runner cancel SWEEP``
-  cancels every job and leaves nothing running.
-
-The sweep's folder also keeps each job's resolved config (``jobs/NUM.json``), so a resume
-re-runs exactly the jobs that were asked for, without composing anything again.
-"""
+"""A running sweep: jobs recorded, submitted as capacity allows, watched, cancelled together."""
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import shutil
 import signal
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from runner import snapshot
 from runner.backend import RunHandle, RunSpec, RunState, RunStatus
 from runner.errors import UserError
 from runner.launch import Plan, Runs
 from runner.rundir import RunDir, read_json, write_json_atomic
-from runner.store import RunRecord
-from runner.views import jobs_table, key_metrics, override_values
-
-__all__ = ["Job", "Sweep", "SweepCancelled", "JobFailed", "sweep_jobs", "swept_keys"]
+from runner.sweep.capacity import Capacity
+from runner.sweep.keys import _digest, job_key
+from runner.views import jobs_table, key_metrics
 
 #: states of a job whose latest run `runner sweep SWEEP --resume` runs again
 RESUMABLE = (RunState.FAILED, RunState.CANCELLED, RunState.LOST)
@@ -89,46 +67,6 @@ class Job:
         return self.state in (SKIPPED, RunState.SUCCEEDED.value)
 
 
-def _digest(value: Any) -> str:
-    blob = json.dumps(value, sort_keys=True, separators=(",", ":"), default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]
-
-
-def job_key(values: dict[str, Any], manifest_digest: str, env_key: str) -> str:
-    """The key of a job: its resolved config, the code it runs, the env it runs in."""
-    return _digest({"config": values, "code": manifest_digest, "env": env_key})
-
-
-class _Capacity:
-    """How many jobs may run at once, overall and per target, and which GPU each gets."""
-
-    def __init__(self, max_parallel: int | None) -> None:
-        self.max_parallel = max_parallel if max_parallel and max_parallel > 0 else None
-        self.running: dict[str, int] = {}
-        self.gpu_load: dict[str, dict[str, int]] = {}
-
-    def free(self, plan: Plan) -> bool:
-        total = sum(self.running.values())
-        if self.max_parallel is not None and total >= self.max_parallel:
-            return False
-        slots = int(getattr(plan.backend.config, "slots", 1) or 0)
-        return slots <= 0 or self.running.get(plan.target_name, 0) < slots
-
-    def take(self, plan: Plan, gpus: list[str] | None) -> str | None:
-        self.running[plan.target_name] = self.running.get(plan.target_name, 0) + 1
-        if not gpus:
-            return None
-        load = self.gpu_load.setdefault(plan.target_name, {g: 0 for g in gpus})
-        gpu = min(gpus, key=lambda g: (load.get(g, 0), gpus.index(g)))
-        load[gpu] = load.get(gpu, 0) + 1
-        return gpu
-
-    def give_back(self, plan: Plan, gpu: str | None) -> None:
-        self.running[plan.target_name] -= 1
-        if gpu is not None:
-            self.gpu_load[plan.target_name][gpu] -= 1
-
-
 class Sweep:
     """One sweep: its ledger record, its snapshot, its jobs, and the loop that runs them."""
 
@@ -143,7 +81,7 @@ class Sweep:
         self.sweep_id = sweep_id
         self.fail_fast = fail_fast
         self.skip_done = skip_done
-        self.capacity = _Capacity(max_parallel)
+        self.capacity = Capacity(max_parallel)
         self.objective = objective
         self.show_logs = show_logs
         self.poll = poll
@@ -167,7 +105,7 @@ class Sweep:
                   show_logs: bool | None = None, poll: float | None = None) -> None:
         """Apply the launcher's settings (``hydra.launcher.*``); None leaves one as it is."""
         if max_parallel is not None:
-            self.capacity = _Capacity(max_parallel)
+            self.capacity = Capacity(max_parallel)
         if objective is not None:
             self.objective = objective
         if show_logs is not None:
@@ -490,122 +428,3 @@ class Sweep:
                                            (j.ended or time.time()) - j.started
                                            if j.started else None) for j in self.jobs],
                    self.objective, console)
-
-
-# -- reading a sweep back -----------------------------------------------------------------------
-
-def swept_keys(overrides: Sequence[Sequence[str]]) -> list[str]:
-    """The override keys whose values differ between the jobs (the swept keys), in order."""
-    per_job = [override_values(o) for o in overrides]
-    keys = list(dict.fromkeys(k for o in per_job for k in o))
-    return [k for k in keys if len({o.get(k) for o in per_job}) > 1]
-
-
-@dataclass(frozen=True)
-class SweepJob:
-    """One job of a recorded sweep and its latest run."""
-
-    num: int
-    key: str
-    overrides: list[str]
-    choices: dict[str, str]
-    config: dict[str, Any]
-    run: RunRecord | None  #: the newest run of this job (None if it never got one)
-    reused: bool = False  #: the run is from another sweep (the job was skipped as done)
-
-
-def sweep_jobs(runs: Runs, sweep_id: str) -> list[SweepJob]:
-    """The jobs of a recorded sweep, each with its newest run (refreshed from the target)."""
-    if runs.store.sweep(sweep_id) is None:
-        recent = _recent_sweeps(runs)
-        raise UserError(f"no sweep '{sweep_id}' in the ledger at {runs.store.home}.",
-                        f"recent sweeps: {', '.join(recent)}" if recent else
-                        "no sweeps yet: `runner submit -m key=a,b` starts one.")
-    home = runs.store.home / "sweeps" / sweep_id / "jobs"
-    latest: dict[str, RunRecord] = {}
-    for r in runs.store.list(sweep_id=sweep_id):  # newest first
-        if r.job_key and r.job_key not in latest:
-            latest[r.job_key] = runs.refresh(r) if not r.state.terminal else r
-    out = []
-    for path in sorted(home.glob("*.json"), key=lambda p: int(p.stem)) if home.is_dir() else []:
-        data = read_json(path) or {}
-        rec: RunRecord | None = latest.get(data["key"])
-        reused = False
-        if rec is None:
-            rec = runs.store.find_by_job_key(data["key"], RunState.SUCCEEDED)
-            reused = rec is not None
-        out.append(SweepJob(int(data["num"]), data["key"], list(data["overrides"]),
-                            dict(data["choices"]), dict(data["config"]), rec, reused))
-    return out
-
-
-def _recent_sweeps(runs: Runs, n: int = 5) -> list[str]:
-    seen: list[str] = []
-    for rec in runs.store.list(limit=200):
-        if rec.sweep_id and rec.sweep_id not in seen:
-            seen.append(rec.sweep_id)
-    return seen[:n]
-
-
-def mark_cancelled(runs: Runs, sweep_id: str) -> None:
-    """Tell a launcher still driving ``sweep_id`` (in another process) to stop starting jobs."""
-    home = runs.store.home / "sweeps" / sweep_id
-    home.mkdir(parents=True, exist_ok=True)
-    (home / "cancel").touch()
-
-
-def show(runs: Runs, sweep_id: str) -> int:
-    """``runner sweep SWEEP``: the sweep's jobs, their latest runs, states and metrics."""
-    jobs = sweep_jobs(runs, sweep_id)
-    info = runs.store.sweep(sweep_id) or {}
-    objective = (info.get("info") or {}).get("objective")
-    rows = []
-    for j in jobs:
-        rec = j.run
-        state = rec.state.value if rec else "NOT STARTED"
-        if j.reused and rec is not None:
-            state = SKIPPED
-        took = ((rec.finished or time.time()) - rec.created) if rec else None
-        rows.append((j.num, j.overrides, rec.id if rec else None, state,
-                     dict(rec.summary) if rec else {}, took))
-    jobs_table(sweep_id, rows, objective, stderr=False)
-    todo = [j for j in jobs if j.run is None or j.run.state in RESUMABLE]
-    if todo:
-        print(f"{len(todo)} job(s) failed, were cancelled or lost: `runner sweep {sweep_id} --resume` "
-              "runs them again.", file=sys.stderr)
-    return 0
-
-
-def resume(runs: Runs, sweep_id: str, *, fail_fast: bool = False, max_parallel: int | None = None,
-           on_sweep: Callable[[Sweep], None] | None = None) -> int:
-    """``runner sweep SWEEP --resume``: run again only the jobs whose latest run failed, was
-    cancelled or was lost, with the sweep's snapshot and the configs recorded at submit."""
-    jobs = sweep_jobs(runs, sweep_id)
-    info = (runs.store.sweep(sweep_id) or {}).get("info") or {}
-    todo = [j for j in jobs if j.run is None or (j.run.state in RESUMABLE and not j.reused)]
-    running = [j for j in jobs if j.run is not None and not j.run.state.terminal]
-    if running:
-        raise UserError(
-            f"sweep {sweep_id} still has {len(running)} running job(s) "
-            f"({', '.join(j.run.id for j in running if j.run)}).",
-            f"wait for them, or `runner cancel {sweep_id}` first.")
-    sweep = Sweep(runs, sweep_id=sweep_id, fail_fast=fail_fast, max_parallel=max_parallel,
-                  objective=info.get("objective"))
-    if on_sweep:
-        on_sweep(sweep)
-    if not sweep.code_dir.is_dir():
-        raise UserError(f"sweep {sweep_id}: its code snapshot ({sweep.code_dir}) is gone.",
-                        "the jobs cannot be re-run with the code they were submitted with.")
-    if not todo:
-        sweep._say(f"sweep {sweep_id}: nothing to resume, every job succeeded.")
-        return 0
-    sweep._cancel_marker().unlink(missing_ok=True)
-    sweep._say(f"sweep {sweep_id}: resuming {len(todo)} of {len(jobs)} jobs "
-               f"({', '.join(str(j.num) for j in todo)})")
-    for j in todo:
-        sweep.add(j.num, OmegaConf.create(j.config), j.overrides, j.choices, key=j.key)
-    try:
-        sweep.run(sweep.jobs)
-    finally:
-        show(runs, sweep_id)  # the whole sweep, with the jobs that had succeeded before
-    return sweep.exit_code()
