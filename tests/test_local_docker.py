@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -606,6 +607,32 @@ def _env_tags(env_name: str) -> set[str]:
     r = docker("image", "ls", "--filter", f"label={dk.L_ENV_NAME}={env_name}",
                "--format", "{{.Repository}}:{{.Tag}}")
     return set(r.stdout.split())
+
+
+def test_a_failed_env_build_leaves_no_container_and_its_leftovers_are_pruned(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (project / "job.py").write_text("print(1)\n")
+    before = set(docker("ps", "-aq", "--no-trunc").stdout.split())
+    images_before = set(docker("image", "ls", "-q", "--no-trunc").stdout.split())
+    # a requirement no index has: the build fails at its pip step, after its earlier steps
+    r = run_cli("prepare", "target=local_docker", "env=docker_python", f"env.base_image={BASE}",
+                f"+env.requirements=[no-such-package-{uuid.uuid4().hex[:8]}]", "model=script",
+                "model.path=job.py", cwd=project, timeout=600)
+    assert r.returncode == 2 and "building the image" in r.stderr, r.stderr
+    assert set(docker("ps", "-aq", "--no-trunc").stdout.split()) == before  # no stopped step
+    left = set(docker("image", "ls", "-q", "--no-trunc").stdout.split()) - images_before
+    assert left, "a failed build leaves its completed steps (the build cache of a retry)"
+    from runner.plugins._docker import housekeeping
+
+    cli = dk.DockerCLI()
+    young = {i.id for i in dk.unused_env_images(cli, keep=1)}
+    assert not (left & young), "a build's untagged steps are left alone while it may still run"
+    monkeypatch.setattr(housekeeping, "STAGING_PATIENCE", 0.0)  # as if an hour had passed
+    old = {i.id for i in dk.unused_env_images(cli, keep=1)}
+    assert left <= old  # they are the runner's, and docker-prune removes them
+    dk.remove_env_images(cli, [i for i in dk.unused_env_images(cli, keep=1) if i.id in left])
+    assert not left & set(docker("image", "ls", "-q", "--no-trunc").stdout.split())
 
 
 def test_docker_prune_lists_then_removes_only_old_unused_env_images(

@@ -147,7 +147,8 @@ def unused_env_images(cli: DockerCLI, *, keep: int = 1, env_name: str | None = N
                       ignoring_containers: Iterable[str] = ()) -> list[StoredEnvImage]:
     """Env images safe to remove: no container uses them and they are not among the newest
     ``keep`` of their env name (an unfinished build counts only once it is over
-    :data:`STAGING_PATIENCE` old; an untagged one never counts as newest). ``env_name``
+    :data:`STAGING_PATIENCE` old, as does an untagged one, such as a failed build's last step;
+    an untagged one never counts as newest). ``env_name``
     limits the answer to one env's images. Works on any engine ``cli`` drives (local or SSH)."""
     if keep < 0:
         raise UserError(f"--keep: must be 0 or more, got {keep}.",
@@ -162,8 +163,8 @@ def unused_env_images(cli: DockerCLI, *, keep: int = 1, env_name: str | None = N
     for img in images:
         if img.in_use or (env_name is not None and img.env_name != env_name):
             continue
-        if img.staging and now - img.created < STAGING_PATIENCE:
-            continue
+        if (img.staging or not img.tags) and now - img.created < STAGING_PATIENCE:
+            continue  # a build may still be using it (untagged: a step of a build in progress)
         if img.id in newest.get(img.env_name, [])[:keep]:
             continue
         out.append(img)

@@ -41,8 +41,10 @@ def image_tag(key: str) -> str:
 
 def dockerfile(base_ref: str, apt: Sequence[str], has_requirements: bool) -> str:
     """The env image recipe. Slow, stable layers first, so a new worker bundle rebuilds only
-    the last layer; labels come from ``docker build --label`` (they would break layer reuse)."""
-    lines = [f"FROM {base_ref}"]
+    the last layer; the labels of the image come from ``docker build --label`` (they would
+    break layer reuse), except two constant ones every layer carries, so that what a failed
+    build leaves (untagged images) is known as the runner's (``runner docker-prune``)."""
+    lines = [f"FROM {base_ref}", f"LABEL {L_MANAGED}=1 {L_KIND}=env"]
     if apt:
         lines.append(
             "RUN apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y "
@@ -151,7 +153,8 @@ def ensure_env_image(
     context = build_context(text, inputs["requirements"], bundle)
     # unique per build: two prepares of the same env at once (a sweep) must not share it
     staging = f"{IMAGE_REPO}:building-{key}-{os.getpid()}-{secrets.token_hex(2)}"
-    argv = [cli.docker, "build", "--network", build_network, "-t", staging,
+    # --force-rm: a failed step leaves no stopped container behind either
+    argv = [cli.docker, "build", "--force-rm", "--network", build_network, "-t", staging,
             "--label", f"{L_MANAGED}=1", "--label", f"{L_KIND}=env",
             "--label", f"{L_ENV_KEY}={key}", "--label", f"{L_ENV_NAME}={env.name}",
             "--label", f"{L_ENV_INPUTS}={json.dumps(inputs, sort_keys=True, separators=(',', ':'))}",
