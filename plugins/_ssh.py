@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import logging
 import os
 import secrets
 import socket
@@ -29,6 +30,11 @@ from typing import Any
 
 from runner.errors import UserError
 from runner.plugins._docker.engine import Result
+
+# paramiko's transport thread logs a failed connection with its traceback; with no handler of
+# the user's own, Python's last-resort handler would print it to the terminal. Every failure
+# reaches the user once, as a UserError that says what to do.
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
 
 @dataclass(frozen=True)

@@ -246,19 +246,41 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
+    from runner.errors import UserError
     from runner.rundir import RunDir
     from runner.submit import final_line
 
     runs = _ctx(args).runs
-    rec = runs.refresh(runs.store.resolve(args.run))
-    if not args.follow or rec.state.terminal:
+    rec = runs.store.resolve(args.run)
+    unreachable = ""
+    try:
+        rec = runs.refresh(rec)
+    except Exception as e:  # the target does not answer: the copy here is what there is
+        why = e.message if isinstance(e, UserError) else f"{type(e).__name__}: {e}"
+        unreachable = why.splitlines()[0] if why else type(e).__name__
+    if not args.follow or rec.state.terminal or unreachable:
         rd = RunDir(rec.run_dir)
-        if not rd.log.is_file() or rd.log.stat().st_size == 0:
+        lines: list[str] | None = None
+        handle = None if rec.state.terminal or unreachable else runs.handle(rec)
+        if handle is not None:
+            try:  # a run going elsewhere: its log as the target has it now
+                lines = [text for _, text in handle.logs(0)]
+            except Exception as e:
+                unreachable = str(e).splitlines()[0] if str(e) else type(e).__name__
+        if unreachable:
+            _err(f"note: target {rec.target} did not answer ({unreachable}); the log of run "
+                 f"{rec.id} as last copied here ({rec.state.value} when last seen):")
+        if lines is None:
+            lines = [text for _, text in rd.read_log(0, final=True)]
+        if not lines:
             _err(f"run {rec.id} ({rec.state.value}) has no log yet"
                  + (f": {rec.message}" if rec.message else "") + ".")
-            return 0
-        for _, line in rd.read_log(0, final=True):
+        for line in lines:
             sys.stdout.write(line)
+        if args.follow and unreachable:
+            _err(f"cannot follow run {rec.id} until target {rec.target} answers; "
+                 f"`runner logs {rec.id} -f` again later resumes where the copy ends.")
+            return EXIT_RUN_FAILED
         if args.follow:
             _err(f"run {rec.id} already ended: {rec.state.value}")
         return 0

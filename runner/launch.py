@@ -290,16 +290,30 @@ class Runs:
         return self.store.get(record.id)
 
     def reconcile(self) -> list[RunRecord]:
-        """Refresh every run the ledger thinks is still going; return those that changed."""
+        """Refresh every run the ledger thinks is still going; return those that changed.
+
+        A target that cannot be reached is tried once per command: its other runs keep their
+        last known state, and one line says so (no traceback, no wait per run)."""
         changed = []
+        unreachable: dict[str, list[str]] = {}
         for rec in self.store.list(states=(RunState.QUEUED, RunState.PREPARING, RunState.RUNNING)):
+            if rec.target in unreachable:
+                unreachable[rec.target].append(rec.id)
+                continue
             try:
                 new = self.refresh(rec)
             except Exception as e:  # one unreachable target must not hide the others
-                print(f"warning: could not check run {rec.id} on {rec.target}: {e}", file=sys.stderr)
+                why = e.message if isinstance(e, UserError) else f"{type(e).__name__}: {e}"
+                print(f"warning: could not check run {rec.id} on target {rec.target}: "
+                      f"{why.splitlines()[0] if why else type(e).__name__}", file=sys.stderr)
+                unreachable[rec.target] = []
                 continue
             if new.state != rec.state:
                 changed.append(new)
+        for target, skipped in unreachable.items():
+            if skipped:
+                print(f"  {len(skipped)} more run(s) on target {target} keep their last known "
+                      "state until it answers", file=sys.stderr)
         return changed
 
     def finish(self, run_id: str, status: RunStatus) -> None:

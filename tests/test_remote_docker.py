@@ -1018,3 +1018,54 @@ def test_attach_install_key_with_a_wrong_password_changes_nothing(
     assert r.returncode == 2 and "no key pair to install" in r.stderr
     assert "ssh-keygen -t ed25519 -f" in r.stderr and "password for" not in r.stderr
     assert _authorized(fresh_key) == []
+
+
+def test_a_host_that_went_away_costs_one_attempt_a_command_and_comes_back(
+        project: Path, work: Path, tmp_path: Path) -> None:
+    # a host whose connections fail while a flag file exists: the "host gone" switch
+    down = tmp_path / "host-down"
+    key = next(ln.split(None, 1)[1] for ln in Path(KNOWN_HOSTS).read_text().splitlines()
+               if ln.startswith(f"[127.0.0.1]:{PORT} "))
+    known = tmp_path / "known_hosts"
+    known.write_text(f"gonebox {key}\n")
+    ssh_config = tmp_path / "ssh_config"
+    ssh_config.write_text(
+        "Host gonebox\n  HostName gonebox\n  User root\n"
+        f"  IdentityFile {CLIENT_KEY}\n  IdentitiesOnly yes\n  UserKnownHostsFile {known}\n"
+        f"  ProxyCommand sh -c 'test -e {down} && exit 1; exec socat STDIO TCP:127.0.0.1:{PORT}'\n")
+    (project / "conf" / "target").mkdir(parents=True)
+    (project / "conf" / "target" / "gonebox.yaml").write_text(
+        f"backend: remote_docker\nhost: gonebox\nssh_config: {ssh_config}\nwork_dir: {work}\n"
+        f"base_image: {BASE}\ncancel_grace: 3\nconnect_timeout: 5\nslots: 2\n")
+    (project / "job.py").write_text("import time\nprint('started', flush=True)\ntime.sleep(600)\n")
+    ids = []
+    for _ in range(2):
+        r = run_cli("submit", "--detach", "target=gonebox", "env=docker_python", "model=script",
+                    "model.path=job.py", cwd=project, timeout=300)
+        assert r.returncode == 0, r.stderr
+        ids.append(r.stderr.split("run ", 1)[1].split(":", 1)[0])
+    try:
+        deadline = time.monotonic() + 120
+        while not all("started" in run_cli("logs", i, cwd=project).stdout for i in ids):
+            assert time.monotonic() < deadline, "the runs never started"
+            time.sleep(0.5)
+        down.touch()  # the host goes away mid-run
+        r = run_cli("runs", cwd=project)
+        assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+        assert r.stderr.count("could not check run") == 1, r.stderr  # one attempt per command
+        assert "1 more run(s) on target gonebox keep their last known state" in r.stderr
+        assert r.stdout.count("RUNNING") == 2, r.stdout  # the last known state, not a guess
+        r = run_cli("logs", ids[0], cwd=project)  # the copy here, with a note
+        assert r.returncode == 0 and "started" in r.stdout, r.stdout + r.stderr
+        assert "did not answer" in r.stderr and "Traceback" not in r.stderr
+        r = run_cli("logs", ids[0], "-f", cwd=project)
+        assert r.returncode == 1 and "cannot follow" in r.stderr and "Traceback" not in r.stderr
+        down.unlink()  # it comes back: the runs are seen again as they are
+        r = run_cli("runs", cwd=project)
+        assert "could not check" not in r.stderr and r.stdout.count("RUNNING") == 2, r.stderr
+        assert run_cli("logs", ids[0], cwd=project).stdout.count("started") == 1
+    finally:
+        down.unlink(missing_ok=True)
+        r = run_cli("cancel", *ids, cwd=project, timeout=120)
+    assert r.stderr.count("CANCELLED") == 2, r.stderr
+    assert all(containers_of(i) == [] for i in ids)
