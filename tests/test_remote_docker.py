@@ -1069,3 +1069,19 @@ def test_a_host_that_went_away_costs_one_attempt_a_command_and_comes_back(
         r = run_cli("cancel", *ids, cwd=project, timeout=120)
     assert r.stderr.count("CANCELLED") == 2, r.stderr
     assert all(containers_of(i) == [] for i in ids)
+
+
+def test_a_final_status_the_worker_wrote_is_never_replaced_by_a_late_verdict(
+        tmp_path: Path, backend: RemoteDockerBackend) -> None:
+    # the race: status.json read just before the worker wrote it, the container seen ended
+    # just after; whoever settles must keep what the worker wrote, here and on the host
+    spec = make_run(tmp_path, backend, "print('done')", env=ENV)
+    handle = backend.submit(spec, backend.prepare(spec))
+    assert handle.wait(90).state == RunState.SUCCEEDED
+    assert isinstance(handle, RemoteHandle)
+    late = RemoteHandle(backend, spec.run_id, spec.run_dir, handle.container, handle.remote_dir)
+    final = late._settle(None, {"Status": "exited", "ExitCode": 0}, False)
+    assert final.state == RunState.SUCCEEDED, final
+    r = backend.session.run(f"cat {handle.remote_dir}/status.json", timeout=60)
+    assert '"SUCCEEDED"' in r.stdout and "LOST" not in r.stdout
+    assert RunDir(spec.run_dir).status().state == RunState.SUCCEEDED  # type: ignore[union-attr]

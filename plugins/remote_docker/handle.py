@@ -81,6 +81,8 @@ class RemoteHandle(RunHandle):
             if local is not None:
                 return local
         st, state, cancelled = self._observe()
+        if state is None and (st is None or not st.terminal):
+            st, state, cancelled = self._observe()  # the same race, with a container removed
         if state is None:
             if st is not None and st.terminal:
                 return self._settle(st, None, cancelled)
@@ -89,6 +91,11 @@ class RemoteHandle(RunHandle):
             return dk.running_status(st)
         if state.get("Status") == "created":
             return RunStatus(RunState.QUEUED)
+        if st is None or not st.terminal:
+            # status.json was read a moment before the engine was asked: a worker that wrote
+            # its final status and exited in between must not be taken for lost. Read again,
+            # now that the container is known to have ended.
+            st, state, cancelled = self._observe()
         return self._settle(st, state, cancelled)
 
     def _settle(self, st: RunStatus | None, state: Mapping[str, Any] | None,
@@ -99,9 +106,18 @@ class RemoteHandle(RunHandle):
                                 gone=f"container {self.container} vanished on {self.session.label}")
         if final != st:
             blob = json.dumps(final.to_dict() | {"time": time.time()})
-            self.session.run(f"cd {_q(self.remote_dir)} 2>/dev/null && printf '%s' {_q(blob)} "
-                             "> .status.json.tmp && mv -f .status.json.tmp status.json",
-                             timeout=60)
+            write = (f"printf '%s' {_q(blob)} > .status.json.tmp && "
+                     "mv -f .status.json.tmp status.json")
+            if not final.oom:  # a final status the worker wrote meanwhile is never replaced
+                terminal = "|".join(s.value for s in RunState if s.terminal)
+                write = (f"if grep -Eq '\"state\": *\"({terminal})\"' status.json 2>/dev/null; "
+                         f"then echo '@@kept'; cat status.json; else {write}; fi")
+            r = self.session.run(f"cd {_q(self.remote_dir)} 2>/dev/null && {write}", timeout=60)
+            if r.ok and r.stdout.startswith("@@kept"):
+                try:
+                    final = RunStatus.from_dict(json.loads(r.stdout.split("\n", 1)[1]))
+                except (json.JSONDecodeError, KeyError, ValueError, IndexError):
+                    pass
         try:
             self._fetch(self.rd.path)
         finally:
