@@ -382,6 +382,15 @@ def test_a_pip_installed_plugin_is_listed_and_its_backend_runs_a_job(
     assert cancelled.returncode == 0 and "CANCELLED" in cancelled.stderr, cancelled.stderr
     rec = last_run(project)
     assert rec.state.value == "CANCELLED" and group_members(rec.locator["pid"]) == []
+    write(project, "gpu.py", "import os\nprint('visible', os.environ['CUDA_VISIBLE_DEVICES'])\n")
+    # an env it would have to build is refused, saying where to go instead
+    res = cli("submit", "target=subprocess", "env=docker_python", "model=script",
+              "model.path=gpu.py", env=env)
+    assert res.returncode == 2 and "installs nothing" in res.stderr and "Traceback" not in res.stderr
+    # the GPUs the target offers win over a CUDA_VISIBLE_DEVICES the client happens to have
+    res = cli("submit", "target=subprocess", "target.gpus=1", "model=script", "model.path=gpu.py",
+              env={**env, "CUDA_VISIBLE_DEVICES": "0"})
+    assert res.returncode == 0 and "visible 1\n" in res.stdout, res.stdout + res.stderr
 
 
 def test_a_project_with_its_own_models_and_plugins_packages_is_not_shadowed(project: Path, cli) -> None:  # type: ignore[no-untyped-def]

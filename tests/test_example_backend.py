@@ -3,7 +3,6 @@ very file, against the contract suite and the facts the guide states about it.""
 
 from __future__ import annotations
 
-import dataclasses
 import importlib.util
 import os
 import signal
@@ -83,20 +82,6 @@ def test_prepare_refuses_an_env_it_would_have_to_build(tmp_path: Path, backend: 
     wrong = EnvSpec(name="old", python="2.7")
     with pytest.raises(UserError, match="cannot pick another Python"):
         backend.prepare(make_run(tmp_path, backend, "print(1)", env=wrong))
-
-
-def test_the_request_gpus_win_over_an_inherited_cuda_visible_devices(
-    tmp_path: Path, backend: Backend, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
-    spec = make_run(tmp_path, backend, "import os; print('visible', os.environ['CUDA_VISIBLE_DEVICES'])")
-    assert spec.request is not None
-    request = spec.request.with_gpus("1")
-    RunDir(spec.run_dir).write_request(request.to_dict())  # the worker reads request.json
-    spec = dataclasses.replace(spec, gpus="1", request=request)
-    handle = backend.submit(spec, backend.prepare(spec))
-    assert handle.wait(30).state == RunState.SUCCEEDED
-    assert "visible 1\n" in "".join(text for _, text in handle.logs(0))
 
 
 def test_a_worker_killed_without_a_cancel_is_lost(tmp_path: Path, backend: Backend) -> None:

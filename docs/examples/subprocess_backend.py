@@ -40,6 +40,7 @@ from runner.backend import (
 from runner.bundle import bundle_hash, cache_root
 from runner.environment import env_inputs, env_key, explain_miss
 from runner.errors import UserError
+from runner.proc import proc_stat
 from runner.request import DATA_DIR_ENV
 from runner.rundir import RunDir, lost_or_cancelled, read_json, write_json_atomic
 
@@ -52,20 +53,10 @@ class SubprocessConfig(BackendConfig):
     cancel_grace: float = 10.0  # seconds between SIGTERM and SIGKILL when a run is cancelled
 
 
-def _stat(pid: int) -> list[str] | None:
-    """The fields of ``/proc/PID/stat`` after the command name: state, ppid, pgid, ...;
-    None when there is no such process."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return text[text.rfind(")") + 2 :].split()
-
-
 def _start_time(pid: int) -> str | None:
     """When ``pid`` started (clock ticks since boot); with the PID it names one process for good."""
-    fields = _stat(pid)
-    return fields[19] if fields else None
+    st = proc_stat(pid)
+    return st.start_time if st else None
 
 
 class SubprocessHandle(RunHandle):
@@ -89,8 +80,8 @@ class SubprocessHandle(RunHandle):
             self._proc.poll()  # reap our own child, or it lingers as a zombie
         if self.started and _start_time(self.pid) not in (None, self.started):
             return False  # the PID now belongs to another process: ours ended long ago
-        members = (_stat(int(p)) for p in os.listdir("/proc") if p.isdigit())
-        return any(f and f[2] == str(self.pid) and f[0] not in "ZX" for f in members)
+        members = (proc_stat(p) for p in os.listdir("/proc") if p.isdigit())
+        return any(st is not None and st.pgid == self.pid and st.alive for st in members)
 
     def status(self) -> RunStatus:
         st = self.rd.status()  # None until the client (PREPARING) or the worker (RUNNING) wrote one
