@@ -11,7 +11,7 @@ import socket
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +58,8 @@ class Plan:
     data: dict[str, Any]  #: the data config (paths as the user gave them)
     values: dict[str, Any]  #: the whole config as plain values (see :func:`_job_values`)
     data_inputs: tuple[DataInput, ...] = ()  #: the files and folders the run reads
+    #: the config as plain values, unresolved (``${...}`` as written), read once
+    raw: dict[str, Any] = field(default_factory=dict)
 
     @property
     def gpus(self) -> str | None:
@@ -67,25 +69,28 @@ class Plan:
         return self.env.gpus or getattr(self.backend.config, "gpus", None)
 
 
-def _job_values(cfg: DictConfig) -> dict[str, Any]:
+def _unresolved(cfg: DictConfig) -> dict[str, Any]:
+    """The config as plain values with its interpolations as written (no ``hydra`` section)."""
+    raw = OmegaConf.to_container(cfg, resolve=False)
+    assert isinstance(raw, dict)
+    raw.pop("hydra", None)
+    return raw  # type: ignore[return-value]
+
+
+def _job_values(cfg: DictConfig, raw: dict[str, Any]) -> dict[str, Any]:
     """The config as plain values, resolved, except that every ``${oc.env:VAR}`` (whatever its
     key) and every copy of such a value travels as a reference (the worker resolves them on the
-    target): see :func:`runner.secrets.keep_references`."""
-    raw = OmegaConf.to_container(cfg, resolve=False)
+    target): see :func:`runner.secrets.keep_references`. ``raw`` is :func:`_unresolved`'s."""
     done = OmegaConf.to_container(cfg, resolve=True)
-    assert isinstance(raw, dict) and isinstance(done, dict)
-    raw.pop("hydra", None)
+    assert isinstance(done, dict)
     done.pop("hydra", None)
     out = keep_references(raw, done)
     assert isinstance(out, dict)
     return out
 
 
-def _check_config(cfg: DictConfig, choices: dict[str, str], dirs: list[Path]) -> None:
+def _check_config(raw: dict[str, Any], choices: dict[str, str], dirs: list[Path]) -> None:
     """Refuse a literal value under a secret-looking key in the composed config files."""
-    raw = OmegaConf.to_container(cfg, resolve=False)
-    assert isinstance(raw, dict)
-    raw.pop("hydra", None)
     check_config(raw, lambda key: _file_setting(key, choices, dirs))
 
 
@@ -128,8 +133,9 @@ class Runs:
         env = conf.env_spec(cfg, choices.get("env", "?"), self.dirs, self.project_root, overrides)
         model = conf.model_instance(cfg, choices.get("model", "?"), self.registry, self.dirs,
                                     overrides)
-        _check_config(cfg, choices, self.dirs)
-        values = _job_values(cfg)
+        raw = _unresolved(cfg)
+        _check_config(raw, choices, self.dirs)
+        values = _job_values(cfg, raw)
         data = values.get("data") or {}
         resolved_data = resolve_refs(data)  # the client reads the data; references travel
         before = dict(resolved_data)
@@ -145,7 +151,7 @@ class Runs:
                               max_mb=getattr(target_conf, "max_data_mb", None),
                               target=f"target {target_name}")
         return Plan(cfg, list(overrides), dict(choices), target_name, backend_cls(target_conf),
-                    env, model, seed, data, values, inputs)
+                    env, model, seed, data, values, inputs, raw)
 
     def backend_for(self, record: RunRecord) -> Backend:
         meta = RunDir(record.run_dir).meta()
@@ -189,7 +195,7 @@ class Runs:
             code_manifest=manifest)
         rd.write_request(request.to_dict())
         # every variable the config references, the target's too: masked in what people read
-        secrets = env_values(env_refs(OmegaConf.to_container(plan.cfg, resolve=False)))
+        secrets = env_values(env_refs(plan.raw))
         hidden = list(secrets.values())
         (rd.path / CONFIG).write_text(
             yaml.safe_dump(mask_values(redact(values), hidden), sort_keys=False))

@@ -70,22 +70,25 @@ def identity_alive(ident: dict[str, Any], *, other_host_patience: float = 3600.0
     return ident.get("start") in (None, st.start_time)  # else the PID now names another process
 
 
+def _entries(source: str) -> list[tuple[int, list[bytes]]]:
+    """``(pid, NUL-separated entries of /proc/PID/SOURCE)`` of every process this user may
+    read (``cmdline``: the arguments; ``environ``: the environment it started with)."""
+    out = []
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                with open(f"/proc/{pid}/{source}", "rb") as f:
+                    out.append((int(pid), f.read().split(b"\0")))
+            except OSError:
+                continue
+    return out
+
+
 def processes_with(field: str, *, source: str = "cmdline") -> list[int]:
     """PIDs of this machine's live processes with ``field`` as one whole entry of their
     ``/proc/PID/cmdline`` (an argument) or ``/proc/PID/environ`` (``NAME=value``)."""
     want = field.encode()
-    found = []
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            with open(f"/proc/{pid}/{source}", "rb") as f:
-                entries = f.read().split(b"\0")
-        except OSError:
-            continue
-        if want in entries and alive(pid):
-            found.append(int(pid))
-    return found
+    return [pid for pid, entries in _entries(source) if want in entries and alive(pid)]
 
 
 def env_values(name: str) -> dict[int, str]:
@@ -93,17 +96,8 @@ def env_values(name: str) -> dict[int, str]:
     user may read (a process's environment is the one it started with)."""
     prefix = name.encode() + b"="
     out: dict[int, str] = {}
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            with open(f"/proc/{pid}/environ", "rb") as f:
-                entries = f.read().split(b"\0")
-        except OSError:
-            continue
-        for e in entries:
-            if e.startswith(prefix):
-                if alive(pid):
-                    out[int(pid)] = e[len(prefix):].decode("utf-8", "replace")
-                break
+    for pid, entries in _entries("environ"):
+        value = next((e[len(prefix):] for e in entries if e.startswith(prefix)), None)
+        if value is not None and alive(pid):
+            out[pid] = value.decode("utf-8", "replace")
     return out
