@@ -223,14 +223,14 @@ def as_user_error(e: BaseException) -> UserError | None:
     if mod.startswith("yaml"):
         return UserError(f"malformed YAML: {_yaml_where(e)}")
     if mod.startswith("omegaconf"):
-        unset = _unset_env_var(e)
+        unset = unset_env_var(e)
         if unset is not None:
             return unset
         return _lines_error(str(e))
     return None
 
 
-def _unset_env_var(e: BaseException) -> UserError | None:
+def unset_env_var(e: BaseException) -> UserError | None:
     """The error for ``${oc.env:VAR}`` of a variable that is not set."""
     import re
 
@@ -291,7 +291,14 @@ def _hydra_error(e: BaseException) -> UserError:
         # a value the key's schema refuses: Hydra's line names the override, OmegaConf's the key
         problem = str(cause.msg).splitlines()[0] if cause.msg else type(cause).__name__
         where = f"key: {cause.full_key}" if cause.full_key else ""
-        return UserError(f"{str(e).strip().splitlines()[0]}: {problem}", where)
+        hints = [where]
+        if "index out of range" in problem and cause.full_key:
+            # ``model.args.0=1`` where the list is shorter: the element does not exist yet
+            lst = str(cause.full_key).rsplit("[", 1)[0]
+            hints.append(f"{lst} has no such element: give the whole list first "
+                         f"('{lst}=[a,b]'), then sweep an element ('{lst}.0=1,2'), or sweep "
+                         f"whole lists ('{lst}=[1,b],[2,b]')")
+        return UserError(f"{str(e).strip().splitlines()[0]}: {problem}", *hints)
     if cause is not None and type(cause).__module__.startswith("yaml"):
         return UserError(f"malformed YAML: {_yaml_where(cause)}")
     # Hydra gives no structured data for its other errors: its message, one line a hint
