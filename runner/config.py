@@ -141,9 +141,9 @@ def _validate(schema: type, node: Any, *, what: str, path: str, prefix: str,
     except OmegaConfBaseException as e:
         msg = str(e).splitlines()[0]
         raw_key = getattr(e, "full_key", None) or getattr(e, "key", None)
-        key = _full_key(prefix, raw_key) if raw_key else None
-        where = f"key '{key}': " if key else ""
-        line = _from_line(key, overrides) if key else None
+        bad = _full_key(prefix, raw_key) if raw_key else None
+        where = f"key '{bad}': " if bad else ""
+        line = _from_line(bad, overrides) if bad else None
         raise UserError(f"{f'the command line ({line})' if line else path}: {where}{msg}") from None
 
 
