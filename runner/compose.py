@@ -87,6 +87,32 @@ def compose_and_run(argv: Sequence[str], task: Task, runs: Runs, sweep: Sweep | 
         raise failed[0]
 
 
+def compose_aside(overrides: Sequence[str], runs: Runs) -> ComposedJob:
+    """Compose the runner's own config for ``overrides`` while another Hydra app runs in this
+    process (a user's ``@hydra.main`` app whose sweep the ``runner`` launcher dispatches).
+
+    Hydra's global state (the app's ConfigStore, its initialized Hydra, its current config,
+    OmegaConf's resolvers) is set aside and restored afterwards, so neither config sees the
+    other's groups."""
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.singleton import Singleton
+
+    from runner.config import package_conf_dir, store_plugin_configs
+    from runner.secrets import check_overrides
+
+    check_overrides(list(overrides))
+    state = Singleton.get_state()
+    out: list[ComposedJob] = []
+    try:
+        GlobalHydra.instance().clear()
+        store_plugin_configs(runs.registry, runs.dirs)
+        _compose_once(list(overrides), out.append, package_conf_dir(),
+                      _user_conf(runs.project_root, package_conf_dir()))
+    finally:
+        Singleton.set_state(state)
+    return out[0]
+
+
 #: Hydra's flags that each ask for a different thing: at most one of them on a line
 _MODES = {"-m": "-m", "--multirun": "-m", "-c": "--cfg", "--cfg": "--cfg", "-i": "--info",
           "--info": "--info", "-r": "--run", "--run": "--run", "-sc": "--shell-completion",
@@ -138,7 +164,7 @@ def _compose_once(overrides: list[str], task: Task, config_dir: Path, user_conf:
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict, read_write
 
-    extra = [f"hydra.searchpath=[{_quoted('file://' + str(user_conf))}]"] if user_conf else []
+    extra = [f"hydra.searchpath=[{quoted('file://' + str(user_conf))}]"] if user_conf else []
     job_name = __name__.rpartition(".")[2]  # as a Hydra app names it: its task function's module
     with initialize_config_dir(config_dir=str(config_dir), job_name=job_name,
                                version_base=VERSION_BASE):
@@ -166,7 +192,7 @@ def _overrides_as_typed(node: Any) -> list[str]:
     return [str(o) for o in OmegaConf.to_container(node, resolve=False)]  # type: ignore[union-attr]
 
 
-def _quoted(text: str) -> str:
+def quoted(text: str) -> str:
     """``text`` as a quoted string of Hydra's override grammar."""
     return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 

@@ -6,23 +6,27 @@ jobs a sweeper hands over is composed here, recorded in the ledger and submitted
 through the target's backend by :class:`runner.sweep.Sweep`, which also waits for them; each
 job's result goes back to the sweeper (the ``objective`` metric, for optimizing sweepers).
 
-Outside ``runner submit`` (no sweep session attached to the task function) it runs the jobs
-one after another in this process, like Hydra's basic launcher.
+Under a user's own ``@hydra.main`` app (``python train.py -m hydra/launcher=runner
+hydra.launcher.target=gpubox lr=0.1,0.01``) each job becomes a run on the target named by
+``hydra.launcher.target`` (default ``local``), recorded in the project's ledger: the task
+function and the job's config travel with the run, Hydra's own ``run_job`` calls it there,
+and its return value comes back to the sweeper (see :mod:`runner.sweep.app`).
 """
 
 # No `from __future__ import annotations` here: Hydra's plugin scan executes this module
 # before it is in sys.modules, and dataclasses then cannot resolve string annotations.
+import atexit
 import copy
 import logging
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
-from hydra.core.utils import JobReturn, JobStatus, filter_overrides, run_job, setup_globals
+from hydra.core.utils import JobReturn, JobStatus, filter_overrides, setup_globals
 from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, open_dict, read_write
@@ -42,6 +46,10 @@ class RunnerLauncherConf:
     objective: str | None = None  # metric returned to the sweeper (Optuna optimizes it)
     show_logs: bool = True  # print every job's log, each line prefixed by [job N]
     poll: float = 0.1  # seconds between looks at the jobs (at least the backend's own interval)
+    # under your own @hydra.main app: where and with what its jobs run
+    target: str = "local"  # the runner target (conf/target/NAME.yaml, or one `runner attach` made)
+    env: str | None = None  # the runner env (conf/env/NAME.yaml); None = the default (current)
+    overrides: list[str] = field(default_factory=list)  # more runner overrides: [target.gpus=1]
 
 
 ConfigStore.instance().store(group="hydra/launcher", name="runner", node=RunnerLauncherConf,
@@ -52,11 +60,16 @@ class RunnerLauncher(Launcher):
     """Hands each batch of jobs to the runner's sweep session; see the module docstring."""
 
     def __init__(self, max_parallel: int = 0, objective: str | None = None,
-                 show_logs: bool = True, poll: float = 0.1) -> None:
+                 show_logs: bool = True, poll: float = 0.1, target: str = "local",
+                 env: str | None = None, overrides: Sequence[str] | None = None) -> None:
         self.max_parallel = max_parallel
         self.objective = objective
         self.show_logs = show_logs
         self.poll = poll
+        self.target = target
+        self.env = env
+        self.overrides = list(overrides or [])
+        self.app: Any = None  # the runs of a user's own app's multirun (runner.sweep.app)
         self.config: DictConfig | None = None
         self.task_function: TaskFunction | None = None
         self.hydra_context: HydraContext | None = None
@@ -86,7 +99,7 @@ class RunnerLauncher(Launcher):
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
         session = getattr(self.task_function, SESSION_ATTR, None)
         if session is None:
-            return self._one_by_one(job_overrides, initial_job_idx)
+            return self._on_target(job_overrides, initial_job_idx)
         original = HydraConfig.instance().cfg
         jobs, configs = [], []
         try:
@@ -118,18 +131,24 @@ class RunnerLauncher(Launcher):
             returns.append(ret)
         return returns
 
-    def _one_by_one(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
-                    ) -> list[JobReturn]:
+    def _on_target(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
+                   ) -> Sequence[JobReturn]:
+        """A user's own app: each job becomes a run on ``hydra.launcher.target``."""
+        from hydra.core.singleton import Singleton
+
+        from runner.sweep.app import AppSweep
+
         assert self.hydra_context is not None and self.task_function is not None
-        returns = []
-        for i, overrides in enumerate(job_overrides):
-            idx = initial_job_idx + i
-            log.info(f"#{idx} : {' '.join(filter_overrides(overrides))}")
-            returns.append(run_job(hydra_context=self.hydra_context,
-                                   task_function=self.task_function,
-                                   config=self._job_config(overrides, idx),
-                                   job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir"))
-        return returns
+        state = Singleton.get_state()  # the app's own, before the runner composes its config
+        if self.app is None:
+            self.app = AppSweep(target=self.target, env=self.env, overrides=self.overrides,
+                                max_parallel=self.max_parallel, objective=self.objective,
+                                show_logs=self.show_logs, poll=self.poll)
+            atexit.register(self.app.finish)  # the table of every job, once the sweeper is done
+        configs = [self._job_config(o, initial_job_idx + i) for i, o in enumerate(job_overrides)]
+        for cfg, overrides in zip(configs, job_overrides, strict=True):
+            log.info(f"#{cfg.hydra.job.num} : {' '.join(filter_overrides(overrides))}")
+        return self.app.launch(configs, self.task_function, self.hydra_context, state)
 
 
 def attach(task_function: Any, session: Any) -> None:
