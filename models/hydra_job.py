@@ -41,8 +41,6 @@ class JobPayload:
     config: Any  #: the job's composed config, ``hydra`` node included
     hydra_context: Any  #: Hydra's context of the sweep (its callbacks)
     singleton_state: Any  #: Hydra's global state (ConfigStore, resolvers) at launch
-    app_dir: str  #: the app script's folder, relative to the project root ("" = the root)
-    cwd: str  #: where the app was started, relative to the project root
     python: str  #: major.minor of the client's Python
     shared_dir: str  #: the sweep folder the client expects the job's outputs in
 
@@ -50,7 +48,8 @@ class JobPayload:
 @dataclass
 class HydraJobConfig:
     name: str = "hydra_job"  # the model's registered name
-    app: str = "?"  # the app's script, as the user ran it (shown in the ledger)
+    app: str = "?"  # the app's script relative to the project root (or its function's name)
+    cwd: str = ""  # where the app was started, relative to the project root
     client_python: str = ""  # major.minor of the Python that pickled the job
     python: str | None = None  # interpreter on the target; default: the worker's own
 
@@ -82,7 +81,10 @@ class HydraJobModel(Model):
                 f"{mine}; a pickled task function only loads in the Python that made it. "
                 f"Use an env with Python {want} (env.python) on the target.")
         py = self.config.python or sys.executable
-        cmd = [py, "-m", __name__, payload, str(ctx.work_dir), str(ctx.outputs_dir)]
+        app = Path(self.config.app)
+        app_dir = app.parent.as_posix() if app.suffix == ".py" and app.parent != Path() else ""
+        cmd = [py, "-m", __name__, payload, str(ctx.work_dir), str(ctx.outputs_dir), app_dir,
+               self.config.cwd]
         proc = subprocess.Popen(cmd, cwd=ctx.work_dir, env=env)
         try:
             return proc.wait()
@@ -117,6 +119,10 @@ def _main(argv: list[str]) -> int:
     import traceback
 
     payload_path, work_dir, outputs = Path(argv[0]), Path(argv[1]), Path(argv[2])
+    app_dir, cwd = argv[3], argv[4]
+    # as `python app/train.py` has the script's folder first: the app's own modules import
+    sys.path.insert(0, str(work_dir / app_dir) if app_dir else str(work_dir))
+    os.chdir(work_dir / cwd)
     mine = f"{sys.version_info.major}.{sys.version_info.minor}"
     try:
         import cloudpickle
@@ -140,9 +146,6 @@ def _main(argv: list[str]) -> int:
               f"{mine}: a pickled task function only loads in the Python that made it.\n"
               "  use an env with the same Python (env.python) on the target.", file=sys.stderr)
         return 2
-    app_dir = str(work_dir / payload.app_dir) if payload.app_dir else str(work_dir)
-    sys.path.insert(0, app_dir)  # as `python train.py` has the script's folder first
-    os.chdir(work_dir / payload.cwd)
     Singleton.set_state(payload.singleton_state)
     cfg = payload.config
     _job_dirs(cfg, payload, outputs)

@@ -79,3 +79,96 @@ def test_a_list_element_beyond_the_list_says_so(echo_project: Path, cli) -> None
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert "index out of range" in r.stderr
     assert "model.args=[" in r.stderr  # the fix: give the whole list first
+
+
+# -- a user's own @hydra.main app, its sweep dispatched by the runner launcher ---------------
+
+APP = """\
+import hydra
+from omegaconf import DictConfig
+
+import helpers  # a module of the app's own project, imported on the target
+
+
+@hydra.main(config_path="conf", config_name="config", version_base=None)
+def train(cfg: DictConfig) -> float:
+    print(f"training lr={cfg.lr} layers={cfg.layers}", flush=True)
+    if cfg.lr < 0:
+        raise ValueError("a negative learning rate")
+    return helpers.loss(cfg.lr, cfg.layers)
+
+
+if __name__ == "__main__":
+    train()
+"""
+HELPERS = "def loss(lr, layers):\n    return (lr - 0.3) ** 2 + layers\n"
+
+
+@pytest.fixture
+def app_project(project: Path) -> Path:
+    (project / "app").mkdir()
+    (project / "app" / "train.py").write_text(APP)
+    (project / "app" / "helpers.py").write_text(HELPERS)
+    (project / "app" / "conf").mkdir()
+    (project / "app" / "conf" / "config.yaml").write_text("lr: 0.1\nlayers: 1\n")
+    return project
+
+
+def run_app(project: Path, *args: str, timeout: float = 300):  # type: ignore[no-untyped-def]
+    import os
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "app/train.py", *args], cwd=project, text=True,
+                          capture_output=True, timeout=timeout, env=dict(os.environ))
+
+
+def test_an_apps_sweep_runs_each_job_as_a_run_on_the_target(app_project: Path, cli) -> None:  # type: ignore[no-untyped-def]
+    r = run_app(app_project, "-m", "hydra/launcher=runner", "hydra.launcher.target=local",
+                "lr=0.1,0.5", "layers=2")
+    assert r.returncode == 0, r.stderr
+    assert "[job 0] training lr=0.1 layers=2" in r.stdout
+    assert "[job 1] training lr=0.5 layers=2" in r.stdout
+    runs = cli("runs", "-n", "0")
+    rows = [line for line in runs.stdout.splitlines() if "hydra app app/train.py" in line]
+    assert len(rows) == 2 and all("SUCCEEDED" in row for row in rows)
+    # the app's return value came back as the run's metric (and to the sweeper)
+    assert sorted(float(row.split("return=")[1].split()[0]) for row in rows) == \
+        pytest.approx([2.04, 2.04], abs=1e-3)
+    show = cli("show", "last")
+    assert "overrides" in show.stdout and "layers=2" in show.stdout
+    # Hydra's per-job outputs, where the app's own sweep folder puts them
+    job_dirs = list((app_project / "multirun").glob("*/*/[01]/.hydra/config.yaml"))
+    assert len(job_dirs) == 2
+
+
+def test_optuna_optimizes_the_apps_return_value(app_project: Path, cli) -> None:  # type: ignore[no-untyped-def]
+    r = run_app(app_project, "-m", "hydra/launcher=runner", "hydra/sweeper=optuna",
+                "hydra.sweeper.n_trials=4", "hydra.sweeper.n_jobs=2", "lr=interval(0,1)")
+    assert r.returncode == 0, r.stderr
+    runs = cli("runs", "-n", "0")
+    values = [float(line.split("return=")[1].split()[0]) for line in runs.stdout.splitlines()
+              if "return=" in line]
+    assert len(values) == 4
+    best = [line for line in r.stderr.splitlines() if line.startswith("best: lr=")]
+    assert best, r.stderr
+    assert float(best[0].split("value=")[1].split()[0]) == pytest.approx(min(values), abs=1e-3)
+
+
+def test_a_failing_job_of_an_app_is_a_failed_run_with_its_traceback(app_project: Path, cli) -> None:  # type: ignore[no-untyped-def]
+    r = run_app(app_project, "-m", "hydra/launcher=runner", "lr=0.1,-1")
+    assert r.returncode != 0
+    assert "a negative learning rate" in r.stderr + r.stdout
+    runs = cli("runs", "-n", "0").stdout
+    assert runs.count("SUCCEEDED") == 1 and runs.count("FAILED") == 1
+    failed = next(line.split()[0] for line in runs.splitlines() if "FAILED" in line)
+    log = cli("logs", failed).stdout
+    assert "ValueError: a negative learning rate" in log
+
+
+def test_an_unknown_target_for_an_app_is_a_clear_error(app_project: Path) -> None:
+    r = run_app(app_project, "-m", "hydra/launcher=runner", "hydra.launcher.target=nosuch",
+                "lr=0.1,0.2")
+    assert r.returncode != 0
+    assert "unknown target 'nosuch'" in r.stderr
+    assert "available target options" in r.stderr

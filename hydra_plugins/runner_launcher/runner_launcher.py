@@ -82,7 +82,8 @@ class RunnerLauncher(Launcher):
         session = getattr(task_function, SESSION_ATTR, None)
         if session is not None:
             session.configure(max_parallel=self.max_parallel, objective=self.objective,
-                              show_logs=self.show_logs, poll=self.poll)
+                              show_logs=self.show_logs, poll=self.poll,
+                              hydra_dir=Path(os.path.abspath(str(config.hydra.sweep.dir))))
 
     def _job_config(self, overrides: Sequence[str], idx: int) -> DictConfig:
         assert self.hydra_context is not None and self.config is not None
@@ -136,19 +137,43 @@ class RunnerLauncher(Launcher):
         """A user's own app: each job becomes a run on ``hydra.launcher.target``."""
         from hydra.core.singleton import Singleton
 
+        from runner.sweep import SweepCancelled
         from runner.sweep.app import AppSweep
 
         assert self.hydra_context is not None and self.task_function is not None
+        assert self.config is not None
         state = Singleton.get_state()  # the app's own, before the runner composes its config
-        if self.app is None:
-            self.app = AppSweep(target=self.target, env=self.env, overrides=self.overrides,
-                                max_parallel=self.max_parallel, objective=self.objective,
-                                show_logs=self.show_logs, poll=self.poll)
-            atexit.register(self.app.finish)  # the table of every job, once the sweeper is done
-        configs = [self._job_config(o, initial_job_idx + i) for i, o in enumerate(job_overrides)]
-        for cfg, overrides in zip(configs, job_overrides, strict=True):
-            log.info(f"#{cfg.hydra.job.num} : {' '.join(filter_overrides(overrides))}")
-        return self.app.launch(configs, self.task_function, self.hydra_context, state)
+        try:
+            if self.app is None:
+                self.app = AppSweep(target=self.target, env=self.env, overrides=self.overrides,
+                                    max_parallel=self.max_parallel, objective=self.objective,
+                                    show_logs=self.show_logs, poll=self.poll)
+                sweep_dir = Path(os.path.abspath(str(self.config.hydra.sweep.dir)))
+                self.app.sweep.configure(hydra_dir=sweep_dir)
+                atexit.register(self.app.finish)  # the table of every job, once the sweep ends
+            configs = [self._job_config(o, initial_job_idx + i)
+                       for i, o in enumerate(job_overrides)]
+            for cfg, overrides in zip(configs, job_overrides, strict=True):
+                log.info(f"#{cfg.hydra.job.num} : {' '.join(filter_overrides(overrides))}")
+            return self.app.launch(configs, self.task_function, self.hydra_context, state)
+        except (KeyboardInterrupt, SweepCancelled):  # Ctrl-C or `runner cancel SWEEP`
+            raise SystemExit(130) from None
+        except Exception as e:
+            _exit_on_user_error(e)
+            raise
+
+
+def _exit_on_user_error(e: BaseException) -> None:
+    """Bad input to the runner (an unknown target, a misspelt key) under a user's own app: one
+    ``error:`` block and exit code 2, as ``runner submit`` says it, not Hydra's traceback."""
+    import sys
+
+    from runner.compose import as_user_error
+
+    err = as_user_error(e)
+    if err is not None:
+        print(f"error: {err.render()}", file=sys.stderr, flush=True)
+        raise SystemExit(err.exit_code) from None
 
 
 def attach(task_function: Any, session: Any) -> None:

@@ -37,12 +37,9 @@ class AppSweep:
         root = self.runs.project_root.resolve()
         # the app's script, as `python train.py` ran it: its folder comes first on sys.path
         script = Path(sys.argv[0]).resolve() if sys.argv and sys.argv[0] else root
-        self.app_dir = ""
         self.app: str | None = None
         if script.is_file() and script.suffix == ".py" and script.is_relative_to(root):
             self.app = script.relative_to(root).as_posix()
-            if script.parent != root:
-                self.app_dir = script.parent.relative_to(root).as_posix()
         cwd = Path.cwd().resolve()
         self.cwd = cwd.relative_to(root).as_posix() if cwd.is_relative_to(root) and cwd != root \
             else ""
@@ -69,15 +66,14 @@ class AppSweep:
                 num = int(cfg.hydra.job.num)
                 payload = JobPayload(task_function=task_function, config=cfg,
                                      hydra_context=hydra_context,
-                                     singleton_state=singleton_state, app_dir=self.app_dir,
-                                     cwd=self.cwd, python=version,
+                                     singleton_state=singleton_state, python=version,
                                      shared_dir=os.path.abspath(str(cfg.hydra.sweep.dir)))
                 path = self.folder / f"job-{num}.pkl"
                 _dump(payload, path)
                 composed = compose_aside([
                     f"target={self.target}", *([f"env={self.env}"] if self.env else []),
                     "model=hydra_job", f"model.app={quoted(self.app or _name(task_function))}",
-                    f"model.client_python={version}", "~data",
+                    f"model.client_python={version}", f"model.cwd={quoted(self.cwd)}", "~data",
                     f"+data.payload={quoted(str(path))}", *self.extra], self.runs)
                 task_cfg = copy.deepcopy(cfg)
                 with read_write(task_cfg), open_dict(task_cfg):
@@ -126,8 +122,10 @@ class AppSweep:
         return ret
 
     def finish(self) -> None:
-        """The table of every job the multirun ran, once its sweeper is done."""
+        """The table of every job the multirun ran, once its sweeper is done, and what an
+        optimizing sweeper found."""
         self.sweep.print_table()
+        self.sweep.report_optimum()
 
 
 def _name(task_function: Any) -> str:
