@@ -60,6 +60,7 @@ class HydraJobModel(Model):
     name = "hydra_job"
     Config = HydraJobConfig
     runs_in_subprocess = True
+    reads_data_config = False
     data_paths = {"payload": "file"}
 
     def describe(self) -> str:

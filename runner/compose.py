@@ -82,7 +82,13 @@ def compose_and_run(argv: Sequence[str], task: Task, runs: Runs, sweep: Sweep | 
     task_function = _task_function(task, failed)
     if sweep is not None:
         attach(task_function, sweep)
-    _run_app(task_function, package_conf_dir(), args)
+    try:
+        _run_app(task_function, package_conf_dir(), args)
+    except Exception as e:
+        err = as_user_error(e)
+        if err is None:
+            raise
+        raise _in_group_sweep(err, args) from e
     if failed:
         raise failed[0]
 
@@ -111,6 +117,24 @@ def compose_aside(overrides: Sequence[str], runs: Runs) -> ComposedJob:
     finally:
         Singleton.set_state(state)
     return out[0]
+
+
+def _in_group_sweep(err: UserError, args: Sequence[str]) -> UserError:
+    """Add to a key error in a sweep over a group's options (``target=local,gpubox``) that a
+    key one option has may not exist in another (Hydra checks every job before any runs)."""
+    if not any(a in ("-m", "--multirun") for a in args):
+        return err
+    from runner.config import GROUPS
+
+    swept = [o.key_or_group for o in _parse([a for a in args if not a.startswith("-")])
+             if o.is_sweep_override() and o.key_or_group in GROUPS]
+    for group in swept:
+        if f"'{group}." in err.message or f" {group}." in err.message:
+            err.hints.append(
+                f"this sweep runs each {group} it lists; a key one {group} has may be missing in "
+                f"another: set it in that {group}'s own file (conf/{group}/NAME.yaml) instead of "
+                "on the sweep's command line")
+    return err
 
 
 #: Hydra's flags that each ask for a different thing: at most one of them on a line

@@ -172,3 +172,41 @@ def test_an_unknown_target_for_an_app_is_a_clear_error(app_project: Path) -> Non
     assert r.returncode != 0
     assert "unknown target 'nosuch'" in r.stderr
     assert "available target options" in r.stderr
+
+
+# -- sweeps over targets, and what `runner show` says of a script run ---------------------------
+
+def test_each_job_of_a_sweep_over_targets_is_validated_on_its_own(echo_project: Path, cli) -> None:  # type: ignore[no-untyped-def]
+    conf = echo_project / "conf" / "target"
+    conf.mkdir(parents=True)
+    (conf / "tiny.yaml").write_text("backend: local\nslots: 0\n")  # wrong for its backend
+    r = cli("submit", "-m", "model=script", "model.path=echo.py", "target=local,tiny",
+            "model.args=[ok]")
+    assert r.returncode == 1, r.stderr
+    assert "Traceback" not in r.stderr
+    bad = [line for line in r.stderr.splitlines() if line.startswith("[job 1] FAILED")]
+    assert bad and "target.slots" in bad[0] and "tiny" in bad[0]
+    assert "[job 0] args=ok" in r.stdout  # the valid job ran
+    runs = cli("runs", "-n", "0").stdout
+    assert runs.count("SUCCEEDED") == 1
+
+
+def test_the_same_mistake_in_every_job_is_one_error_and_nothing_runs(echo_project: Path, cli) -> None:  # type: ignore[no-untyped-def]
+    r = cli("submit", "-m", "model=script", "model.path=echo.py", "target.slots=0",
+            "model.args=[1],[2]")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "target.slots" in r.stderr
+    assert "no runs yet" in cli("runs").stderr
+
+
+def test_a_key_only_one_swept_target_has_says_where_to_set_it(echo_project: Path, cli) -> None:  # type: ignore[no-untyped-def]
+    r = cli("submit", "-m", "model=script", "model.path=echo.py", "target=local,local_docker",
+            "target.memory=512m")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "target.memory" in r.stderr and "conf/target/NAME.yaml" in r.stderr
+
+
+def test_show_says_a_script_run_without_data_has_none(echo_project: Path, cli) -> None:  # type: ignore[no-untyped-def]
+    assert cli("submit", "model=script", "model.path=echo.py").returncode == 0
+    data = [line for line in cli("show", "last").stdout.splitlines() if line.startswith("data")]
+    assert data and data[0].split()[1] == "-", data

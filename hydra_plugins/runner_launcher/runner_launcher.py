@@ -101,28 +101,43 @@ class RunnerLauncher(Launcher):
         session = getattr(self.task_function, SESSION_ATTR, None)
         if session is None:
             return self._on_target(job_overrides, initial_job_idx)
+        from runner.compose import as_user_error
+
         original = HydraConfig.instance().cfg
-        jobs, configs = [], []
+        jobs, configs, invalid = [], [], []
         try:
             for i, overrides in enumerate(job_overrides):
                 idx = initial_job_idx + i
-                cfg = self._job_config(overrides, idx)
-                # interpolations such as ${hydra:job.num} resolve against the job's own config
-                HydraConfig.instance().set_config(cfg)
-                task_cfg = copy.deepcopy(cfg)
-                with read_write(task_cfg), open_dict(task_cfg):
-                    del task_cfg["hydra"]
-                choices = {k: str(v) for k, v in cfg.hydra.runtime.choices.items()
-                           if not k.startswith("hydra")}
-                jobs.append(session.add(idx, task_cfg, list(cfg.hydra.overrides.task), choices))
-                configs.append((cfg, task_cfg))
+                try:
+                    cfg = self._job_config(overrides, idx)
+                    # interpolations such as ${hydra:job.num} resolve against the job's config
+                    HydraConfig.instance().set_config(cfg)
+                    task_cfg = copy.deepcopy(cfg)
+                    with read_write(task_cfg), open_dict(task_cfg):
+                        del task_cfg["hydra"]
+                    choices = {k: str(v) for k, v in cfg.hydra.runtime.choices.items()
+                               if not k.startswith("hydra")}
+                    job = session.add(idx, task_cfg, list(cfg.hydra.overrides.task), choices)
+                except Exception as e:
+                    # a job's own config is wrong (a key its target lacks, in a sweep over
+                    # targets): that job fails and says why, the others go on
+                    err = as_user_error(e)
+                    if err is None:
+                        raise
+                    invalid.append(err)
+                    job, cfg, task_cfg = session.add_invalid(idx, list(overrides), err), None, None
+                jobs.append(job)
+                configs.append((cfg, task_cfg, list(overrides)))
         finally:
             HydraConfig.instance().cfg = original  # type: ignore[assignment]
+        if len(invalid) == len(jobs):
+            raise invalid[0]  # the same mistake for every job: one error, nothing ran
         session.run(jobs)
         returns = []
-        for job, (cfg, task_cfg) in zip(jobs, configs, strict=True):
-            ret = JobReturn(overrides=list(cfg.hydra.overrides.task), cfg=task_cfg, hydra_cfg=cfg,
-                            working_dir=os.getcwd(), task_name=str(cfg.hydra.job.name))
+        for job, (cfg, task_cfg, overrides) in zip(jobs, configs, strict=True):
+            ret = JobReturn(overrides=overrides, cfg=task_cfg, hydra_cfg=cfg,
+                            working_dir=os.getcwd(),
+                            task_name=str(cfg.hydra.job.name) if cfg is not None else None)
             try:
                 ret.return_value = session.result(job)
                 ret.status = JobStatus.COMPLETED

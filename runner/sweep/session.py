@@ -257,6 +257,16 @@ class Sweep:
         self.jobs.append(job)
         return job
 
+    def add_invalid(self, num: int, overrides: list[str], error: UserError) -> Job:
+        """A job whose own config is wrong: FAILED at once with the error, no run made."""
+        job = Job(num=num, overrides=list(overrides), key="", state=RunState.FAILED.value,
+                  status=RunStatus(RunState.FAILED, message=error.message), ended=time.time())
+        hints = "".join(f"\n[job {num}]   {h}" for h in error.hints)
+        self._say(f"[job {num}] FAILED before a run was made ({self._label(job)}): "
+                  f"{error.message}{hints}")
+        self.jobs.append(job)
+        return job
+
     # -- running ------------------------------------------------------------------------
     def run(self, jobs: Sequence[Job]) -> list[Job]:
         """Submit ``jobs`` as capacity allows and wait for all of them to end."""
