@@ -210,3 +210,41 @@ def test_show_says_a_script_run_without_data_has_none(echo_project: Path, cli) -
     assert cli("submit", "model=script", "model.path=echo.py").returncode == 0
     data = [line for line in cli("show", "last").stdout.splitlines() if line.startswith("data")]
     assert data and data[0].split()[1] == "-", data
+
+
+def _remote_problem() -> str | None:
+    from .test_remote_docker import _PROBLEM
+
+    return _PROBLEM
+
+
+@pytest.mark.ssh
+@pytest.mark.docker
+@pytest.mark.slow
+def test_an_apps_sweep_runs_on_a_remote_gpu_box(app_project: Path, tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
+    """The docs' journey: attach an SSH host, give the app's jobs an env with the app's
+    requirements, sweep; each job runs in a container there and its return value comes back."""
+    problem = _remote_problem()
+    if problem:
+        pytest.skip(problem)
+    from .test_remote_docker import BASE, LOOPBACK, SSH_CONFIG
+
+    r = cli("attach", "gpubox", "--host", LOOPBACK, "--ssh-config", SSH_CONFIG,
+            "--work-dir", str(tmp_path / "remote-work"))
+    assert r.returncode == 0, r.stderr
+    env_dir = app_project / "conf" / "env"
+    env_dir.mkdir(parents=True)
+    (env_dir / "app_env.yaml").write_text(
+        "defaults:\n  - /runner/env/base@_here_\n  - _self_\nname: app_env\n"
+        f"base_image: {BASE}\nrequirements: [hydra-core, cloudpickle]\n")
+    r = run_app(app_project, "-m", "hydra/launcher=runner", "hydra.launcher.target=gpubox",
+                "hydra.launcher.env=app_env", "lr=0.1,0.5", timeout=600)
+    assert r.returncode == 0, r.stderr
+    runs = cli("runs", "-n", "0").stdout
+    rows = [line for line in runs.splitlines() if "hydra app app/train.py" in line]
+    assert len(rows) == 2 and all("SUCCEEDED" in row and "gpubox" in row for row in rows)
+    assert sorted(float(row.split("return=")[1].split()[0]) for row in rows) == \
+        pytest.approx([1.04, 1.04], abs=1e-3)
+    # the job ran in a container on the host: its Hydra outputs came back with the run
+    show = cli("show", "last").stdout
+    assert "hydra/" in show and ".hydra/config.yaml" in show

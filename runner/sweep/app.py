@@ -139,6 +139,12 @@ def _name(task_function: Any) -> str:
 def _dump(payload: Any, path: Path) -> None:
     import cloudpickle
 
+    # Hydra's state names the config classes of every Hydra plugin installed here (sweepers,
+    # launchers) that the target's env need not have: those travel by value
+    for name, module in list(sys.modules.items()):
+        if name.startswith("hydra_plugins.") and module is not None:
+            cloudpickle.register_pickle_by_value(module)
+
     try:
         blob = cloudpickle.dumps(payload)
     except Exception as e:
