@@ -22,6 +22,7 @@ BUILTIN_PLUGINS = (
     "runner.plugins.ray",
     "runner.plugins.ledger",
     "runner.plugins.mlflow_mirror",
+    "runner.plugins.plots",
     "runner.models.script",
     "runner.models.sentiment_cnn",
 )
