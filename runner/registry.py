@@ -23,6 +23,7 @@ BUILTIN_PLUGINS = (
     "runner.plugins.ledger",
     "runner.plugins.mlflow_mirror",
     "runner.plugins.plots",
+    "runner.plugins.tensorboard",
     "runner.models.script",
     "runner.models.sentiment_cnn",
 )
