@@ -6,10 +6,12 @@ The store is named by ``MLFLOW_TRACKING_URI`` or by the project's ``conf/mlflow.
 holds the flattened config as params (secrets masked), every metric point with its step, tags
 (target, env and its key, git commit and dirty state, GPUs seen, sweep), the outputs and the
 config as artifacts. One MLflow experiment per project (the project folder's name unless
-configured); a sweep is a parent run with its jobs' runs as children. Copying happens when the
-run ends; a store that cannot be reached is tried again once, then named in one warning and
-the run goes on (``runner export mlflow RUN`` sends it later). Mirroring is idempotent: a run
-already complete in the store is not copied twice.
+configured); a sweep is a parent run with its jobs' runs as children. While this process
+follows a run, its MLflow run exists (RUNNING) and its metric points follow every few seconds;
+the run's end completes the copy. A store that cannot be reached is named once while the run
+goes and tried again at its end; if that fails, one warning says how to send the run later
+(``runner export mlflow RUN``); the run itself is never affected. Mirroring is idempotent: a
+run already complete in the store is not copied twice.
 
 mlflow is an optional extra (``pip install 'runner[mlflow]'``), imported only here, and only
 when a run is mirrored.
@@ -20,6 +22,7 @@ from __future__ import annotations
 import os
 import re
 import sys
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -31,8 +34,8 @@ from runner.backend import Command
 from runner.errors import UserError
 
 if TYPE_CHECKING:
-    from runner.backend import RunStatus
-    from runner.recorded import RecordedRun
+    from runner.backend import RunSpec, RunStatus
+    from runner.recorded import MetricPoint, RecordedRun
     from runner.store import RunRecord, Store
 
 #: the project file that names a tracking store when ``MLFLOW_TRACKING_URI`` is not set
@@ -159,16 +162,11 @@ class Mirror:
                 return str(r.info.run_id)
         return None
 
-    def write(self, run: RecordedRun) -> tuple[str, bool]:
-        """Copy ``run`` into the store; ``(MLflow run id, whether it was copied now)``. A
-        complete copy already there is kept; a partial one (an interrupted mirror) replaced."""
-        from mlflow.entities import Metric, Param, RunTag
+    def start(self, run: RecordedRun) -> str:
+        """A new MLflow run for ``run`` (RUNNING), with its tags and params; its id."""
+        from mlflow.entities import Param
 
         rec = run.record
-        for r in self._find(f"tags.`{TAG_RUN}` = '{rec.id}'"):
-            if r.data.tags.get(TAG_COMPLETE) == "true":
-                return str(r.info.run_id), False
-            self.client.delete_run(r.info.run_id)
         tags = self._tags(run)
         if rec.sweep_id:
             tags["mlflow.parentRunId"] = self._sweep_parent(rec)
@@ -178,9 +176,37 @@ class Mirror:
         params = {_key(k): v[:_PARAM_MAX] for k, v in run.params.items()}
         for part in _chunks([Param(k, v) for k, v in params.items()], 100):
             self.client.log_batch(mid, params=part)
-        metrics = [Metric(_key(m.name), m.value, int(m.time * 1000), m.step) for m in run.metrics]
+        return mid
+
+    def send_metrics(self, mid: str, points: Sequence[MetricPoint]) -> None:
+        """Add metric points to the MLflow run ``mid``."""
+        from mlflow.entities import Metric
+
+        metrics = [Metric(_key(m.name), m.value, int(m.time * 1000), m.step) for m in points]
         for part in _chunks(metrics, 1000):
             self.client.log_batch(mid, metrics=part)
+
+    def write(self, run: RecordedRun, live: tuple[str, int] | None = None) -> tuple[str, bool]:
+        """Copy ``run`` into the store; ``(MLflow run id, whether it was copied now)``. A
+        complete copy already there is kept; ``live`` (MLflow run id, metric points sent) is
+        the copy this process made while the run went: it is completed; any other partial
+        copy (an interrupted mirror) is replaced."""
+        from mlflow.entities import RunTag
+
+        rec = run.record
+        mid, sent = None, 0
+        for r in self._find(f"tags.`{TAG_RUN}` = '{rec.id}'"):
+            if r.data.tags.get(TAG_COMPLETE) == "true":
+                return str(r.info.run_id), False
+            if live and r.info.run_id == live[0]:
+                mid, sent = live
+            else:
+                self.client.delete_run(r.info.run_id)
+        if mid is None:
+            mid = self.start(run)
+        else:  # what is known only now: state, exit code, GPUs seen
+            self.client.log_batch(mid, tags=[RunTag(k, v) for k, v in self._tags(run).items()])
+        self.send_metrics(mid, run.metrics[sent:])
         files = [p for p in run.outputs.rglob("*") if p.is_file() and not p.is_symlink()] \
             if run.outputs.is_dir() else []
         if files:
@@ -262,12 +288,59 @@ def _warn_once(key: str, text: str) -> None:
         print(f"warning: {text}", file=sys.stderr, flush=True)
 
 
-# -- the hook: a run ended --------------------------------------------------------------------------
+# -- the hooks: a run started, a run ended ---------------------------------------------------------
 
-@hookimpl
-def runner_run_finished(run_id: str, status: RunStatus, summary: Any) -> None:
-    """Mirror the run that just ended, when a tracking store is configured."""
-    from runner.recorded import read_run
+#: how often a run's new metric points are sent while it goes (seconds)
+LIVE_PERIOD = 2.0
+
+
+class _Live(threading.Thread):
+    """Mirrors one run while this process follows it: makes its MLflow run (RUNNING, with
+    params and tags), then sends new metric points every :data:`LIVE_PERIOD` seconds.
+
+    A daemon: a process that does not wait for the run (``submit --detach``) leaves at once,
+    and the command that records the run's end completes the copy instead."""
+
+    def __init__(self, cfg: MirrorSettings, store: Store, run_id: str) -> None:
+        super().__init__(name=f"mlflow-mirror-{run_id}", daemon=True)
+        self.cfg, self.store, self.run_id = cfg, store, run_id
+        self.stopping = threading.Event()
+        self.mlflow_run: str | None = None
+        self.sent = 0  #: metric points sent
+
+    def run(self) -> None:
+        from runner.recorded import metric_points, read_run
+        from runner.rundir import RunDir
+
+        try:
+            _mlflow()
+            if self.stopping.is_set():  # a short run: its end makes the whole copy at once
+                return
+            mirror = Mirror(self.cfg, self.store)
+            rec = self.store.get(self.run_id)
+            self.mlflow_run = mirror.start(read_run(rec))
+            while True:
+                stop = self.stopping.wait(LIVE_PERIOD)
+                points = metric_points(RunDir(rec.run_dir).read_metrics(), rec.created)
+                if len(points) > self.sent and not stop:
+                    mirror.send_metrics(self.mlflow_run, points[self.sent:])
+                    self.sent = len(points)
+                if stop:
+                    return
+        except UserError:  # mlflow not installed: the end of the run says so
+            return
+        except Exception as e:  # noqa: BLE001 - an unreachable store must not touch the run
+            if self.stopping.is_set():
+                return  # the run's end tries again and says what happened
+            _warn_once(f"live {self.cfg.tracking_uri}",
+                       f"mlflow mirror: cannot reach {self.cfg.tracking_uri} ({_why(e)}); "
+                       "trying again when the run ends")
+
+
+_live: dict[str, _Live] = {}
+
+
+def _configured() -> tuple[MirrorSettings, Store] | None:
     from runner.store import Store, find_project_root
 
     root = find_project_root()
@@ -275,19 +348,43 @@ def runner_run_finished(run_id: str, status: RunStatus, summary: Any) -> None:
         cfg = settings(root)
     except UserError as e:
         _warn_once("settings", f"mlflow mirror: {e.message}")
+        return None
+    return (cfg, Store(Store.home_for(root))) if cfg else None
+
+
+@hookimpl
+def runner_after_submit(spec: RunSpec, handle: Any) -> None:
+    """Start mirroring the run while it goes (in a thread; the run never waits for it)."""
+    found = _configured()
+    if found is None:
         return
-    if cfg is None:
+    live = _live[spec.run_id] = _Live(*found, spec.run_id)
+    live.start()
+
+
+@hookimpl
+def runner_run_finished(run_id: str, status: RunStatus, summary: Any) -> None:
+    """Complete the mirror of the run that just ended, when a tracking store is configured."""
+    from runner.recorded import read_run
+
+    live = _live.pop(run_id, None)
+    if live is not None:
+        live.stopping.set()
+        live.join(timeout=60)
+    found = _configured()
+    if found is None:
         return
-    store = Store(Store.home_for(root))
+    cfg, store = found
     try:
         run = read_run(store.get(run_id))
     except Exception as e:  # noqa: BLE001 - the mirror never fails a run
         _warn_once(run_id, f"mlflow mirror: could not read run {run_id}: {_why(e)}")
         return
+    sent = (live.mlflow_run, live.sent) if live is not None and live.mlflow_run else None
     last: BaseException | None = None
     for attempt in range(2):  # once, and once more a moment later
         try:
-            Mirror(cfg, store).write(run)
+            Mirror(cfg, store).write(run, sent)
             return
         except UserError:  # mlflow not installed: retrying will not help
             _warn_once("install", f"mlflow mirror: {cfg.source} names a tracking store, but "

@@ -76,7 +76,11 @@ def _tensorboard(args: Any) -> int:
             "the sentiment_cnn model writes them to outputs/tensorboard; a script can write "
             "them into runner.outputs_dir() (tf.summary, torch.utils.tensorboard).",
             "a run that ran elsewhere: `runner fetch RUN` brings its outputs here first.")
-    if importlib.util.find_spec("tensorboard") is None:
+    try:
+        missing = importlib.util.find_spec("tensorboard") is None
+    except ImportError:
+        missing = True
+    if missing:
         raise UserError("tensorboard is not installed: pip install tensorboard "
                         "(it comes with 'runner[tf]')")
     if without:

@@ -78,25 +78,31 @@ def read_run(rec: RunRecord) -> RecordedRun:
     hidden = env_values(env_refs(config), os.environ).values()
     safe = mask_values(redact(config), hidden)
     params = {k: "" if v is None else str(v) for k, v in flatten(safe).items()}
+    git = meta.get("git") or {}
+    gpus = tuple(f"{g.get('index')}: {g.get('name')} ({g.get('memory')})"
+                 for g in worker.get("gpus") or [])
+    return RecordedRun(
+        record=rec, params=params, metrics=metric_points(rd.read_metrics(), rec.created),
+        overrides=mask_values(override_values(meta.get("overrides") or []), hidden),
+        env=str((meta.get("choices") or {}).get("env", "")),
+        git_commit=git.get("commit") or None, git_dirty=bool(git.get("dirty")),
+        gpus=gpus, outputs=rd.outputs, run_dir=rd.path)
+
+
+def metric_points(records: Sequence[Mapping[str, Any]], created: float) -> tuple[MetricPoint, ...]:
+    """The records of ``metrics.jsonl`` (:meth:`runner.rundir.RunDir.read_metrics`) as
+    points; a value logged without a step gets its position among that metric's values."""
     counts: dict[str, int] = {}
     points = []
-    for m in rd.read_metrics():
+    for m in records:
         name = str(m.get("name"))
         n = counts.get(name, 0)
         counts[name] = n + 1
         step = m.get("step")
         points.append(MetricPoint(name, float(m.get("value", 0.0)),
                                   int(step) if isinstance(step, int | float) else n,
-                                  float(m.get("time") or rec.created)))
-    git = meta.get("git") or {}
-    gpus = tuple(f"{g.get('index')}: {g.get('name')} ({g.get('memory')})"
-                 for g in worker.get("gpus") or [])
-    return RecordedRun(
-        record=rec, params=params, metrics=tuple(points),
-        overrides=mask_values(override_values(meta.get("overrides") or []), hidden),
-        env=str((meta.get("choices") or {}).get("env", "")),
-        git_commit=git.get("commit") or None, git_dirty=bool(git.get("dirty")),
-        gpus=gpus, outputs=rd.outputs, run_dir=rd.path)
+                                  float(m.get("time") or created)))
+    return tuple(points)
 
 
 def select(runs: Runs, refs: Sequence[str], *, sweep: str | None = None, every: bool = False,

@@ -5,9 +5,16 @@ mlflow package leave the run alone and say so once."""
 
 from __future__ import annotations
 
+import os
+import queue
 import socket
+import sqlite3
 import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -150,19 +157,120 @@ def _closed_port() -> int:
         return int(s.getsockname()[1])
 
 
+GATED = """\
+import os, sys, time
+import runner
+runner.log_metric("loss", 1.0, step=0)
+runner.log_metric("loss", 0.5, step=1)
+while not os.path.exists(sys.argv[1]):
+    time.sleep(0.1)
+runner.log_metric("loss", 0.25, step=2)
+"""
+
+
+class _Lines:
+    """The lines a child writes to a pipe, read in a thread, so a test can wait for one."""
+
+    def __init__(self, stream: Any) -> None:
+        self.lines: queue.Queue[str] = queue.Queue()
+        self.seen: list[str] = []
+        threading.Thread(target=self._read, args=(stream,), daemon=True).start()
+
+    def _read(self, stream: Any) -> None:
+        for line in stream:
+            self.lines.put(line)
+
+    def wait_for(self, text: str, timeout: float) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                line = self.lines.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            self.seen.append(line)
+            if text in line:
+                return line
+        raise AssertionError(f"no line with {text!r} in {timeout}s: {self.seen}")
+
+    def rest(self) -> list[str]:
+        while True:
+            try:
+                self.seen.append(self.lines.get(timeout=1))
+            except queue.Empty:
+                return self.seen
+
+
+def _submit(project: Path, uri: str, gate: Path) -> subprocess.Popen[str]:
+    (project / "gated.py").write_text(GATED)
+    return subprocess.Popen(
+        [sys.executable, "-m", "runner.cli", "submit", "model=script", "model.path=gated.py",
+         f"model.args=[{gate}]"], cwd=project, text=True, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, env={**os.environ, "MLFLOW_TRACKING_URI": uri})
+
+
+def _has_experiment(db: Path, name: str) -> bool:
+    """The runner made the store and its experiment (MLflow's client must not open a store
+    that another process is still creating: both would set its tables up)."""
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as con:
+            return bool(con.execute("SELECT 1 FROM experiments WHERE name=?", (name,)).fetchall())
+    except sqlite3.Error:
+        return False
+
+
+def test_metrics_reach_mlflow_while_the_run_goes_and_the_same_run_is_completed(
+        project: Path, tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    gate = tmp_path / "gate"
+    proc = _submit(project, uri, gate)
+    try:
+        deadline = time.monotonic() + 90
+        while True:  # the run is going: its MLflow run is RUNNING with the points so far
+            live = _runs(uri, project.name) if _has_experiment(tmp_path / "mlflow.db", project.name) \
+                else []
+            history = _client(uri).get_metric_history(live[0].info.run_id, "loss") if live else []
+            if len(history) == 2:
+                break
+            assert time.monotonic() < deadline, "the run's metrics never reached MLflow"
+            assert proc.poll() is None
+            time.sleep(0.5)
+        assert live[0].info.status == "RUNNING" and [m.step for m in history] == [0, 1]
+        assert live[0].data.params["model.path"] == "gated.py"
+    finally:
+        gate.touch()
+        out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    (done,) = _runs(uri, project.name)
+    assert done.info.run_id == live[0].info.run_id and done.info.status == "FINISHED"
+    history = _client(uri).get_metric_history(done.info.run_id, "loss")
+    assert sorted((m.step, m.value) for m in history) == [(0, 1.0), (1, 0.5), (2, 0.25)]
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 def test_an_unreachable_tracking_server_leaves_the_run_going_and_says_so_once(
-        project: Path) -> None:
-    (project / "train.py").write_text(TRAIN)
+        project: Path, tmp_path: Path) -> None:
     uri = f"http://127.0.0.1:{_closed_port()}"
-    res = run_cli("submit", "model=script", "model.path=train.py", cwd=project,
-                  env={"MLFLOW_TRACKING_URI": uri})
-    assert res.returncode == 0, res.stderr
+    gate = tmp_path / "gate"
+    proc = _submit(project, uri, gate)
+    try:
+        lines = _Lines(proc.stderr)
+        first = lines.wait_for("mlflow", timeout=90)  # said while the run goes
+        assert f"cannot reach {uri}" in first and "trying again when the run ends" in first
+    finally:
+        gate.touch()
+    assert proc.wait(timeout=120) == 0
+    stderr = "".join(lines.rest())
     rec = Store(project / ".runner").list(limit=1)[0]
-    assert rec.state.value == "SUCCEEDED" and rec.summary["accuracy"] == pytest.approx(0.6)
-    warnings = [line for line in res.stderr.splitlines() if "mlflow" in line]
-    assert len(warnings) == 1, res.stderr
-    assert uri in warnings[0] and f"runner export mlflow {rec.id}" in warnings[0]
-    assert "Traceback" not in res.stderr
+    assert rec.state.value == "SUCCEEDED" and rec.summary["loss"] == 0.25
+    warnings = [line for line in stderr.splitlines() if "mlflow" in line]
+    assert len(warnings) == 2, stderr  # once while it went, once at its end: what to do
+    assert uri in warnings[1] and f"runner export mlflow {rec.id}" in warnings[1]
+    assert "Traceback" not in stderr
 
 
 def test_without_mlflow_installed_runs_go_on_and_export_says_how_to_install(
