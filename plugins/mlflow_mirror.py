@@ -446,7 +446,7 @@ def _export(args: Any) -> int:
         kept += not new
         ctx.say(f"{rec.id}  ->  mlflow run {mid}" + ("" if new else "  (already there)"))
     ctx.note(f"{sent} run(s) exported to {cfg.tracking_uri}, experiment '{cfg.experiment}'"
-             + (f"; {kept} were already there" if kept else ""))
+             + (f"; {kept} already there" if kept else ""))
     return 0
 
 

@@ -147,8 +147,14 @@ def test_a_sweep_recorded_before_is_exported_once_as_a_parent_with_its_jobs(proj
 
     again = run_cli("export", "mlflow", "--all", cwd=project)
     assert again.returncode == 0, again.stderr
-    assert "0 run(s) exported" in again.stderr and "4 were already there" in again.stderr
+    assert "0 run(s) exported" in again.stderr and "4 already there" in again.stderr
     assert len(_runs(uri, "sentiment")) == 5
+
+    (project / "conf" / "mlflow.yaml").write_text("tracking: sqlite:///x.db\n")
+    bad = run_cli("export", "mlflow", "--all", cwd=project)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert f"{project / 'conf' / 'mlflow.yaml'}: unknown keys ['tracking']" in bad.stderr
+    assert "valid keys: tracking_uri" in bad.stderr
 
 
 def _closed_port() -> int:
