@@ -101,11 +101,7 @@ def _project_relative(uri: str, root: Path) -> str:
 
 
 def _mlflow() -> Any:
-    """The mlflow module, quiet, with few HTTP retries (a run's end must not wait minutes
-    for a server that is away); a clear error when it is not installed."""
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    """The mlflow module, quiet; a clear error when it is not installed."""
     try:
         import mlflow  # the optional extra: only a mirrored run pays for importing it
     except ImportError:
@@ -128,12 +124,31 @@ def _chunks(items: list[Any], n: int) -> Iterator[list[Any]]:
         yield items[i:i + n]
 
 
+def _probe(uri: str, timeout: float = 5.0) -> None:
+    """Fail at once when a tracking server does not accept connections (MLflow's client
+    would retry for minutes, and a run's end must not wait that long)."""
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(uri)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        socket.create_connection((parts.hostname, port), timeout=timeout).close()
+    except OSError as e:
+        raise ConnectionError(f"cannot connect to {parts.hostname}:{port}: "
+                              f"{e.strerror or type(e).__name__}") from None
+
+
 class Mirror:
     """An open connection to one tracking store and the project's experiment in it."""
 
     def __init__(self, cfg: MirrorSettings, store: Store) -> None:
         mlflow = _mlflow()
         from mlflow.tracking import MlflowClient
+
+        _probe(cfg.tracking_uri)
 
         self.cfg = cfg
         self.store = store

@@ -278,6 +278,11 @@ def test_an_unreachable_tracking_server_leaves_the_run_going_and_says_so_once(
     assert uri in warnings[1] and f"runner export mlflow {rec.id}" in warnings[1]
     assert "Traceback" not in stderr
 
+    res = run_cli("export", "mlflow", rec.id, "--tracking-uri", uri, cwd=project)
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert res.stderr.startswith(f"error: cannot use the MLflow tracking store {uri} "
+                                 "(named by --tracking-uri): cannot connect to 127.0.0.1:")
+
 
 def test_without_mlflow_installed_runs_go_on_and_export_says_how_to_install(
         project: Path, tmp_path: Path) -> None:
