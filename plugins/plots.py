@@ -38,6 +38,10 @@ def _pyplot() -> Any:
 
 
 def _number(text: str) -> float | None:
+    """The number ``text`` holds (also as a one-element list, ``[0.01]``: a swept script
+    argument), or None."""
+    if text.startswith("[") and text.endswith("]") and "," not in text:
+        text = text[1:-1]
     try:
         value = float(text)
     except ValueError:
@@ -47,7 +51,7 @@ def _number(text: str) -> float | None:
 
 def _order(text: str) -> tuple[int, float, str]:
     """Sort key: numbers by value (also inside brackets: ``[8]`` before ``[16]``), then text."""
-    value = _number(text.strip("[]()"))
+    value = _number(text)
     return (0, value, text) if value is not None else (1, 0.0, text)
 
 
@@ -154,6 +158,8 @@ def sweep_plot(sweep_id: str, jobs: Sequence[tuple[dict[str, str], RecordedRun]]
         series.setdefault(tuple(values.get(k, "-") for k in others), []).append(
             (pos, run.series(metric)[-1][1]))
     plt = _pyplot()
+    from matplotlib import ticker
+
     fig, ax = plt.subplots(figsize=(8, 5.2))
     for group, points in sorted(series.items(), key=lambda kv: [_order(v) for v in kv[0]]):
         points.sort()
@@ -174,9 +180,10 @@ def sweep_plot(sweep_id: str, jobs: Sequence[tuple[dict[str, str], RecordedRun]]
         ax.set_xscale("log")  # e.g. learning rates 1e-4 ... 1e-1
     if not numeric:
         ax.set_xticks(range(len(categories)), categories, rotation=20 if len(categories) > 5 else 0)
-    elif ax.get_xscale() == "linear" and len(categories) <= 12:
+    elif len(categories) <= 12:
         ticks = sorted(categories, key=_order)  # the swept values themselves, not 1.5, 2.5
         ax.set_xticks([_number(c) for c in ticks], ticks)
+        ax.xaxis.set_minor_formatter(ticker.NullFormatter())  # a log axis: no labels between
     ax.set_xlabel(x)
     ax.set_ylabel(f"{metric} (final)")
     ax.set_title(f"{metric} against {x}: sweep {sweep_id} ({len(have)} runs)")

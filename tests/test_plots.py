@@ -116,3 +116,11 @@ def test_without_matplotlib_plot_says_how_to_install(swept: tuple[Path, str, lis
     res = run_cli("plot", ids[0], cwd=project, env={"PYTHONPATH": str(tmp_path)})
     assert res.returncode == 2
     assert res.stderr.strip() == "error: matplotlib is not installed: pip install 'runner[plot]'"
+
+
+def test_swept_values_are_ordered_and_spaced_as_numbers() -> None:
+    from runner.plugins.plots import _number, _order
+
+    assert _number("[0.01]") == 0.01 and _number("3") == 3.0  # a swept script argument too
+    assert _number("[1,2]") is None and _number("nan") is None and _number("relu") is None
+    assert sorted(["[16]", "relu", "[8]", "[2]"], key=_order) == ["[2]", "[8]", "[16]", "relu"]
