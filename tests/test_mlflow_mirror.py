@@ -68,9 +68,16 @@ def test_a_finished_run_is_mirrored_with_params_metrics_tags_and_artifacts(
     db = tmp_path / "store" / "mlflow.db"
     db.parent.mkdir()
     uri = f"sqlite:///{db}"
+    # no GPU on this machine: an nvidia-smi that reports one, as a driver would
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "nvidia-smi").write_text(
+        "#!/bin/sh\necho '0, NVIDIA H100 80GB HBM3, 81559 MiB, 550.54.15'\n")
+    (bin_dir / "nvidia-smi").chmod(0o755)
     res = run_cli("submit", "model=script", "model.path=train.py", "model.args=[0.2]",
                   "+api.token=${oc.env:API_TOKEN}", cwd=project,
-                  env={"MLFLOW_TRACKING_URI": uri, "API_TOKEN": SECRET})
+                  env={"MLFLOW_TRACKING_URI": uri, "API_TOKEN": SECRET,
+                       "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"})
     assert res.returncode == 0, res.stderr
     assert "warning" not in res.stderr, res.stderr
     rec = Store(project / ".runner").list(limit=1)[0]
@@ -91,12 +98,20 @@ def test_a_finished_run_is_mirrored_with_params_metrics_tags_and_artifacts(
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=project, capture_output=True,
                           text=True, check=True).stdout.strip()
     assert tags["mlflow.source.git.commit"] == head and tags["runner.git_dirty"] == "true"
-    assert tags["runner.gpus"] == "none" and "runner.sweep_id" not in tags
+    assert tags["runner.gpus"] == "0: NVIDIA H100 80GB HBM3 (81559 MiB)"
+    assert "runner.sweep_id" not in tags
     client = _client(uri)
     top = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert top == {"config.yaml", "outputs"}
     outputs = {a.path for a in client.list_artifacts(run.info.run_id, "outputs")}
     assert outputs == {"outputs/model.txt", "outputs/sub"}
+    (bin_dir / "nvidia-smi").write_text("#!/bin/sh\nexit 9\n")  # a driver that sees none
+    other = run_cli("submit", "model=script", "model.path=train.py", cwd=project,
+                    env={"MLFLOW_TRACKING_URI": uri,
+                         "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"})
+    assert other.returncode == 0, other.stderr
+    seen = {r.info.run_name: r.data.tags["runner.gpus"] for r in _runs(uri, project.name)}
+    assert sorted(seen.values()) == ["0: NVIDIA H100 80GB HBM3 (81559 MiB)", "none"]
     local = Path(client.download_artifacts(run.info.run_id, "outputs/model.txt", str(tmp_path)))
     assert local.read_text() == "weights"
     # the secret's value is nowhere in the store: database, its WAL, artifacts
