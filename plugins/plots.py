@@ -135,9 +135,10 @@ def _save(plt: Any, fig: Any, out: Path) -> Path:
 # -- a sweep: metric against a swept key ----------------------------------------------------------
 
 def sweep_plot(sweep_id: str, jobs: Sequence[tuple[dict[str, str], RecordedRun]], keys: Sequence[str],
-               x: str, metric: str, out: Path) -> Path:
+               x: str, metric: str, out: Path) -> tuple[Path, list[str]]:
     """``metric``'s final value of each run against its value of the swept key ``x``, one
-    series per combination of the other swept keys; returns the file written."""
+    series per combination of the other swept keys; returns the file written and the runs
+    left out (they logged no ``metric``: failed, or still going)."""
     if x not in keys:
         raise UserError(f"'{x}' is not a key that sweep {sweep_id} varied.",
                         f"swept keys: {', '.join(keys)}" if keys else "the sweep varied no key.",
@@ -191,7 +192,7 @@ def sweep_plot(sweep_id: str, jobs: Sequence[tuple[dict[str, str], RecordedRun]]
     if others:
         ax.legend(title=", ".join(others), fontsize=9, title_fontsize=9)
     fig.tight_layout()
-    return _save(plt, fig, out)
+    return _save(plt, fig, out), [r.id for _, r in jobs if metric not in r.metric_names()]
 
 
 # -- the command ----------------------------------------------------------------------------------
@@ -227,7 +228,9 @@ def _plot(args: Any) -> int:
 
         pairs = [(override_values(j.overrides), read_run(j.run)) for j in jobs if j.run is not None]
         out = args.output or Path(f"plot-{args.sweep}-{metrics[0]}-vs-{args.x}.png")
-        path = sweep_plot(args.sweep, pairs, keys, args.x, metrics[0], out)
+        path, missing = sweep_plot(args.sweep, pairs, keys, args.x, metrics[0], out)
+        if missing:
+            ctx.note(f"left out (no {metrics[0]} logged): {', '.join(missing)}")
     else:
         records = select(runs, args.runs, sweep=args.sweep, command="runner plot")
         recorded = [read_run(r) for r in records]

@@ -20,6 +20,8 @@ import runner
 lr, width = int(os.environ["RUNNER_SEED"]) / 10, int(sys.argv[1])
 for step in range(5):
     runner.log_metric("loss", 1 / (1 + lr * width * (step + 1)), step=step)
+if width == 0:
+    sys.exit("width 0: failing before the accuracy")
 runner.log_metric("accuracy", 0.5 + lr * width / 20)
 """
 
@@ -28,17 +30,22 @@ BLUE, ORANGE = (0x1F, 0x77, 0xB4), (0xFF, 0x7F, 0x0E)
 
 
 @pytest.fixture(scope="module")
-def swept(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, list[str]]:
-    """A project with one finished sweep: seed=1,2,4 x model.args=[8],[16]."""
+def swept(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, list[str], list[str]]:
+    """A project with one finished sweep: seed=1,2,4 x model.args=[8],[16],[0] (the [0]
+    jobs fail before logging their accuracy); the sweep id, the ids of the runs that
+    succeeded and of those that failed."""
     project = tmp_path_factory.mktemp("plots") / "proj"
     (project / ".runner").mkdir(parents=True)
     (project / "job.py").write_text(JOB)
     res = run_cli("submit", "-m", "model=script", "model.path=job.py", "seed=1,2,4",
-                  "model.args=[8],[16]", cwd=project)
-    assert res.returncode == 0, res.stderr
+                  "model.args=[8],[16],[0]", cwd=project)
+    assert res.returncode == 1, res.stderr  # some jobs failed
     records = Store(project / ".runner").list()
-    assert len(records) == 6 and records[0].sweep_id
-    return project, records[0].sweep_id, [r.id for r in records]
+    assert len(records) == 9 and records[0].sweep_id
+    ok = [r.id for r in records if r.state.value == "SUCCEEDED"]
+    failed = [r.id for r in records if r.state.value == "FAILED"]
+    assert len(ok) == 6 and len(failed) == 3
+    return project, records[0].sweep_id, ok, failed
 
 
 def _pixels(path: Path) -> set[tuple[int, int, int]]:
@@ -53,9 +60,9 @@ def _near(colours: set[tuple[int, int, int]], want: tuple[int, int, int]) -> boo
     return any(sum(abs(a - b) for a, b in zip(c, want, strict=True)) < 12 for c in colours)
 
 
-def test_learning_curves_of_two_runs_are_overlaid(swept: tuple[Path, str, list[str]],
+def test_learning_curves_of_two_runs_are_overlaid(swept: tuple[Path, str, list[str], list[str]],
                                                   tmp_path: Path) -> None:
-    project, _, ids = swept
+    project, _, ids, _ = swept
     out = tmp_path / "curves.png"
     res = run_cli("plot", ids[0], ids[1], "-o", str(out), cwd=project)
     assert res.returncode == 0, res.stderr
@@ -65,20 +72,22 @@ def test_learning_curves_of_two_runs_are_overlaid(swept: tuple[Path, str, list[s
     assert _near(colours, BLUE) and _near(colours, ORANGE)  # one line per run
 
 
-def test_the_default_file_is_named_after_what_it_shows(swept: tuple[Path, str, list[str]]) -> None:
-    project, _, ids = swept
+def test_the_default_file_is_named_after_what_it_shows(swept: tuple[Path, str, list[str], list[str]]) -> None:
+    project, _, ids, _ = swept
     res = run_cli("plot", ids[0], cwd=project)
     assert res.returncode == 0, res.stderr
     assert (project / f"plot-{ids[0]}-curves.png").is_file()
 
 
 def test_a_sweep_is_drawn_against_a_swept_key_one_series_per_other_key(
-        swept: tuple[Path, str, list[str]], tmp_path: Path) -> None:
-    project, sweep_id, _ = swept
+        swept: tuple[Path, str, list[str], list[str]], tmp_path: Path) -> None:
+    project, sweep_id, _, failed = swept
     out = tmp_path / "sweep.png"
     res = run_cli("plot", "--sweep", sweep_id, "--x", "seed", "--y", "accuracy", "-o", str(out),
                   cwd=project)
     assert res.returncode == 0, res.stderr
+    (note,) = [n for n in res.stderr.splitlines() if n.startswith("left out (no accuracy logged): ")]
+    assert sorted(note.split(": ", 1)[1].split(", ")) == sorted(failed)
     colours = _pixels(out)
     assert _near(colours, BLUE) and _near(colours, ORANGE)  # model.args=[8] and [16]
     # one value on the x axis: a single series
@@ -89,8 +98,8 @@ def test_a_sweep_is_drawn_against_a_swept_key_one_series_per_other_key(
     assert _near(_pixels(single), (0x2C, 0xA0, 0x2C))  # three seeds: three series (C2 green)
 
 
-def test_unknown_metric_or_key_lists_what_exists(swept: tuple[Path, str, list[str]]) -> None:
-    project, sweep_id, ids = swept
+def test_unknown_metric_or_key_lists_what_exists(swept: tuple[Path, str, list[str], list[str]]) -> None:
+    project, sweep_id, ids, _ = swept
     res = run_cli("plot", "--sweep", sweep_id, "--x", "seed", "--y", "acc", cwd=project)
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert f"no run of sweep {sweep_id} logged a metric 'acc'" in res.stderr
@@ -108,9 +117,9 @@ def test_unknown_metric_or_key_lists_what_exists(swept: tuple[Path, str, list[st
     assert not list(project.glob("plot-*sweep*"))
 
 
-def test_without_matplotlib_plot_says_how_to_install(swept: tuple[Path, str, list[str]],
+def test_without_matplotlib_plot_says_how_to_install(swept: tuple[Path, str, list[str], list[str]],
                                                     tmp_path: Path) -> None:
-    project, _, ids = swept
+    project, _, ids, _ = swept
     (tmp_path / "sitecustomize.py").write_text(SITECUSTOMIZE.replace(
         "BLOCKED = (", "BLOCKED = ('matplotlib', "))
     res = run_cli("plot", ids[0], cwd=project, env={"PYTHONPATH": str(tmp_path)})
