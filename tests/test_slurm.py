@@ -6,12 +6,14 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from runner.backend import RunHandle
-from runner.testing import BackendContract
+from runner.backend import RunHandle, RunState
+from runner.store import Store
+from runner.testing import BackendContract, wait_until_gone
 
 from .conftest import read_testbed_env
 
@@ -67,3 +69,108 @@ class TestSlurmWorkDirContract(TestSlurmContract):
     def backend(self, tmp_path: Path) -> SlurmBackend:
         return SlurmBackend(SlurmConfig(slurm_conf=SLURM_CONF, cancel_grace=5,
                                         work_dir=str(tmp_path / "shared")))
+
+
+# -- what users type --------------------------------------------------------------------------
+def _env() -> dict[str, str]:
+    return {"SLURM_CONF": SLURM_CONF}
+
+
+def _slurm(project: Path, body: str, **target: object) -> list[str]:
+    """``job.py`` with ``body``, and the arguments that run it on the testbed's cluster."""
+    (project / "job.py").write_text(body)
+    return ["target=slurm", "model=script", "model.path=job.py",
+            *(f"target.{k}={v}" for k, v in target.items())]
+
+
+def test_submit_streams_the_log_and_succeeds_with_the_job_id_in_the_ledger(project: Path, cli) -> None:  # type: ignore[no-untyped-def]
+    args = _slurm(project, "import os, runner\nprint('hello from', os.environ['SLURM_JOB_ID'])\n"
+                           "runner.log_metric('score', 0.5)\n")
+    res = cli("submit", *args, env=_env())
+    assert res.returncode == 0, res.stderr
+    (run,) = Store(project / ".runner").list()
+    assert run.state == RunState.SUCCEEDED and run.summary == {"score": 0.5}
+    assert run.locator is not None
+    assert f"hello from {run.locator['job_id']}" in res.stdout, res.stdout
+    # the job ran the run directory's batch script and wrote into the run directory's log
+    log = (project / ".runner" / "runs" / run.id / "log.txt").read_text()
+    assert f"hello from {run.locator['job_id']}" in log
+
+
+def test_detach_then_follow_the_log_then_cancel(project: Path, cli) -> None:  # type: ignore[no-untyped-def]
+    args = _slurm(project, "import time\nfor i in range(600):\n"
+                           "    print('tick', i, flush=True)\n    time.sleep(0.2)\n")
+    res = cli("submit", "--detach", *args, env=_env())
+    assert res.returncode == 0, res.stderr
+    (run,) = Store(project / ".runner").list()
+    job_id = run.locator["job_id"]  # type: ignore[index]
+    assert _squeue(job_id) in ("PENDING", "RUNNING")  # submit returned while the job goes
+    follower = subprocess.Popen(
+        [sys.executable, "-m", "runner.cli", "logs", "-f", run.id], cwd=project, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=dict(os.environ, **_env()))
+    try:
+        assert follower.stdout is not None
+        seen = [follower.stdout.readline() for _ in range(4)]
+        assert seen[-1] == "tick 2\n", seen
+        cancel = cli("cancel", run.id, env=_env())
+        assert cancel.returncode == 0, cancel.stderr
+        out, _ = follower.communicate(timeout=60)  # logs -f ends with the run
+    finally:
+        follower.kill()
+        subprocess.run(["scancel", job_id], env=dict(os.environ, **_env()), check=False)
+    (run,) = Store(project / ".runner").list()
+    assert run.state == RunState.CANCELLED, run
+    assert _squeue(job_id) == ""  # the job left the queue
+    assert wait_until_gone(f"RUNNER_RUN_DIR={project / '.runner' / 'runs' / run.id}",
+                           source="environ") == []
+
+
+def test_a_gpu_request_is_a_gres_and_the_run_sees_its_device(project: Path, cli) -> None:  # type: ignore[no-untyped-def]
+    if int(TB.get("RUNNER_TEST_SLURM_GPUS", "0")) < 1:
+        pytest.skip("the testbed's Slurm node offers no GPU gres")
+    body = "import os\nprint('cvd', os.environ.get('CUDA_VISIBLE_DEVICES'))\n"
+    res = cli("submit", *_slurm(project, body, gpus=1), env=_env())
+    assert res.returncode == 0, res.stderr
+    assert "cvd 0" in res.stdout, res.stdout
+    # without a request the run sees no device, even when the submitting shell names one
+    res = cli("submit", *_slurm(project, body), env=dict(_env(), CUDA_VISIBLE_DEVICES="1"))
+    assert res.returncode == 0, res.stderr
+    assert "cvd None" in res.stdout, res.stdout
+
+
+@pytest.mark.parametrize(("target", "says"), [
+    ({"partition": "nope"}, ["target.partition", "no partition 'nope'", "available: debug, short"]),
+    ({"gres": "tpu:1"}, ["target.gres", "offer no 'tpu'", "they offer: gpu"]),
+    ({"partition": "short", "time_limit": "20"}, ["target.time_limit", "over partition 'short'",
+                                                  "10 minutes"]),
+    ({"time_limit": "soon"}, ["target.time_limit", "not a Slurm time"]),
+    ({"gpus": "all"}, ["target.gpus", "a number of GPUs"]),
+])
+def test_bad_target_values_are_clear_errors(project: Path, cli, target: dict[str, str],  # type: ignore[no-untyped-def]
+                                            says: list[str]) -> None:
+    res = cli("submit", *_slurm(project, "print('never')\n", **target), env=_env())
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert "error:" in res.stderr and "Traceback" not in res.stderr, res.stderr
+    for text in says:
+        assert text in res.stderr, res.stderr
+    assert "never" not in res.stdout
+
+
+def test_no_slurm_on_path_is_a_clear_error(project: Path, cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    bare = tmp_path / "bin"
+    bare.mkdir()
+    (bare / "git").symlink_to(shutil.which("git") or "/usr/bin/git")
+    res = cli("submit", *_slurm(project, "print('never')\n"), env=dict(_env(), PATH=str(bare)))
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert "error:" in res.stderr and "not on PATH" in res.stderr and "login node" in res.stderr
+    assert "Traceback" not in res.stderr
+
+
+def test_doctor_checks_sinfo_the_partition_and_the_work_dir_from_a_node(project: Path, cli) -> None:  # type: ignore[no-untyped-def]
+    res = cli("doctor", "slurm", env=_env(), timeout=120)
+    assert res.returncode == 0, res.stdout + res.stderr
+    for name in ("sinfo", "partition", "sacct", "work dir"):
+        assert name in res.stdout, res.stdout
+    assert "gres gpu" in res.stdout and "a compute node reads" in res.stdout, res.stdout
+    bad = cli("doctor", "slurm", env=dict(_env(), SLURM_CONF="/nonexistent/slurm.conf"))
+    assert bad.returncode != 0 and "FAIL" in bad.stdout, bad.stdout + bad.stderr
