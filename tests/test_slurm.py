@@ -174,3 +174,26 @@ def test_doctor_checks_sinfo_the_partition_and_the_work_dir_from_a_node(project:
     assert "gres gpu" in res.stdout and "a compute node reads" in res.stdout, res.stdout
     bad = cli("doctor", "slurm", env=dict(_env(), SLURM_CONF="/nonexistent/slurm.conf"))
     assert bad.returncode != 0 and "FAIL" in bad.stdout, bad.stdout + bad.stderr
+
+
+def test_a_venv_is_built_once_per_env_key_in_the_work_dir_and_reused(project: Path, cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    py = f"{sys.version_info.major}.{sys.version_info.minor}"
+    (project / "conf" / "env").mkdir(parents=True)
+    (project / "conf" / "env" / "own.yaml").write_text(f"name: own\npython: '{py}'\n")
+    shared = tmp_path / "shared"
+    args = [*_slurm(project, "import sys\nprint('prefix', sys.prefix)\n", work_dir=shared),
+            "env=own"]
+    first = cli("submit", *args, env=_env(), timeout=300)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "building virtualenv" in first.stdout + first.stderr
+    (venv,) = [p for p in (shared / "envs").iterdir() if (p / ".complete").exists()]
+    assert f"prefix {venv}" in first.stdout, first.stdout
+    second = cli("submit", *args, env=_env(), timeout=300)
+    assert second.returncode == 0, second.stderr
+    assert "building virtualenv" not in second.stdout + second.stderr
+    assert f"prefix {venv}" in second.stdout
+    # each run lived in the work dir, and its results came home to the project
+    for run in Store(project / ".runner").list():
+        assert (shared / "runs" / run.id / "log.txt").is_file()
+        assert (project / ".runner" / "runs" / run.id / "status.json").is_file()
+        assert run.state == RunState.SUCCEEDED
