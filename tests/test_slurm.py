@@ -197,3 +197,17 @@ def test_a_venv_is_built_once_per_env_key_in_the_work_dir_and_reused(project: Pa
         assert (shared / "runs" / run.id / "log.txt").is_file()
         assert (project / ".runner" / "runs" / run.id / "status.json").is_file()
         assert run.state == RunState.SUCCEEDED
+
+
+@pytest.mark.slow
+def test_a_run_past_its_time_limit_is_warned_then_failed_as_timeout(project: Path, cli) -> None:  # type: ignore[no-untyped-def]
+    """Slurm counts time limits in minutes and checks them about every 30 s: this takes 1-2
+    minutes. The warning (--signal) may come up to 60 s early, as Slurm allows."""
+    args = _slurm(project, "import time\nprint('working', flush=True)\ntime.sleep(600)\n",
+                  time_limit=1, warn_before_s=30)
+    res = cli("submit", *args, env=_env(), timeout=300)
+    assert res.returncode == 1, res.stdout + res.stderr
+    (run,) = Store(project / ".runner").list()
+    assert run.state == RunState.FAILED and "TIMEOUT" in run.message, run
+    assert "time limit" in res.stderr
+    assert "the job reaches its time limit in about 30 s" in res.stdout, res.stdout
