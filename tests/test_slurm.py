@@ -211,3 +211,50 @@ def test_a_run_past_its_time_limit_is_warned_then_failed_as_timeout(project: Pat
     assert run.state == RunState.FAILED and "TIMEOUT" in run.message, run
     assert "time limit" in res.stderr
     assert "the job reaches its time limit in about 30 s" in res.stdout, res.stdout
+
+
+# -- a sweep: one job array ---------------------------------------------------------------------
+SWEEP_JOB = """\
+import os, sys, time, runner
+x = int(sys.argv[1])
+runner.log_metric("started", time.time())
+time.sleep(1)
+runner.log_metric("ended", time.time())
+print("task", os.environ.get("SLURM_ARRAY_TASK_ID"), "x", x, flush=True)
+if x == 3 and os.environ.get("FLAKY") == "1":
+    sys.exit(1)
+runner.log_metric("score", 2.0 * x)
+"""
+
+
+def test_a_sweep_is_one_job_array_and_resume_resubmits_only_the_failed_index(project: Path, cli) -> None:  # type: ignore[no-untyped-def]
+    args = [*_slurm(project, SWEEP_JOB), "model.args=[1],[2],[3],[4]",
+            "hydra.launcher.max_parallel=2"]
+    res = cli("submit", "-m", *args, env=dict(_env(), FLAKY="1"), timeout=300)
+    assert res.returncode != 0, res.stderr  # one job failed
+    store = Store(project / ".runner")
+    (sweep_id,) = {r.sweep_id for r in store.list() if r.sweep_id}
+    runs = store.list(sweep_id=sweep_id)
+    by_x = {r.summary.get("score", 6.0) / 2: r for r in runs}
+    assert sorted(by_x) == [1, 2, 3, 4] and by_x[3].state == RunState.FAILED
+    assert all(r.state == RunState.SUCCEEDED for x, r in by_x.items() if x != 3)
+    # one sbatch: every run is a task of the same array, addressed ARRAY_TASK
+    ids = [str(r.locator["job_id"]) for r in runs]  # type: ignore[index]
+    assert len({i.split("_")[0] for i in ids}) == 1 and all("_" in i for i in ids), ids
+    # %2: never more than two tasks at once
+    spans = [(r.summary["started"], r.summary["ended"]) for r in runs]
+    for start, _ in spans:
+        assert sum(1 for s, e in spans if s <= start < e) <= 2, spans
+    # each task ran its own run, its log in its own run directory
+    for r in runs:
+        log = (project / ".runner" / "runs" / r.id / "log.txt").read_text()
+        assert f"task {r.locator['job_id'].split('_')[1]} x" in log, log  # type: ignore[index]
+
+    again = cli("sweep", sweep_id, "--resume", env=_env(), timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert "resuming 1 of 4 jobs" in again.stderr
+    rerun = [r for r in store.list(sweep_id=sweep_id) if r.id not in {x.id for x in runs}]
+    assert len(rerun) == 1 and rerun[0].state == RunState.SUCCEEDED
+    assert rerun[0].summary["score"] == 6.0
+    new_id = str(rerun[0].locator["job_id"])  # type: ignore[index]
+    assert new_id.endswith("_0") and new_id.split("_")[0] != ids[0].split("_")[0]

@@ -10,13 +10,18 @@ SCRIPT = "slurm.sh"
 
 
 def batch_script(*, run_id: str, python: str, run_dir: str, gpus_requested: bool,
-                 warn_before_s: int) -> str:
-    """The text of the batch script that runs the worker on ``run_dir``."""
+                 warn_before_s: int, own_log: bool = False) -> str:
+    """The text of the batch script that runs the worker on ``run_dir``; ``own_log``: it
+    sends its output to the run's log itself (an array task, whose sbatch --output is shared)."""
     q = shlex.quote
     lines = [
         "#!/bin/bash",
         f"# written by runner for run {run_id}; sbatch takes its options on the command line",
         f"cd {q(run_dir)} || exit 1",
+    ]
+    if own_log:
+        lines.append("exec >>log.txt 2>&1")
+    lines += [
         "export PYTHONUNBUFFERED=1",
         "unset RUNNER_STAGED_DATA  # data is read in place, on the shared file system",
     ]
@@ -36,3 +41,17 @@ def batch_script(*, run_id: str, python: str, run_dir: str, gpus_requested: bool
         "",
     ]
     return "\n".join(lines)
+
+
+def array_script(manifest: str) -> str:
+    """The batch script of a job array: task N runs the batch script on line N+1 of
+    ``manifest`` (the runs' own ``slurm.sh``, which then is the task's shell)."""
+    q = shlex.quote
+    return "\n".join([
+        "#!/bin/bash",
+        "# written by runner: one task per run, the run's batch script on the task's line",
+        f'script=$(sed -n "$((SLURM_ARRAY_TASK_ID + 1))p" {q(manifest)})',
+        '[ -n "$script" ] || { echo "no run for array task $SLURM_ARRAY_TASK_ID" >&2; exit 1; }',
+        'exec /bin/bash "$script"',
+        "",
+    ])
