@@ -395,6 +395,13 @@ slurm_up() {
     say "slurm up (started by this testbed)"
   else
     slurm_down  # whatever is left of an earlier up
+    local port
+    for port in "$SLURM_PORT" $((SLURM_PORT + 1)); do
+      if ss -Hltn "sport = :$port" 2>/dev/null | grep -q .; then
+        echo "slurm: port $port on this machine is taken (another Slurm?); set RUNNER_TESTBED_SLURM_PORT" >&2
+        exit 1
+      fi
+    done
     mkdir -p "$SL/state" "$SL/spool" "$SL/munge"
     chmod 755 "$SL"      # munged: every folder on its socket's path must be o+x
     chmod 700 "$SL/munge"

@@ -7,13 +7,14 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from runner.backend import RunHandle, RunState
 from runner.store import Store
-from runner.testing import BackendContract, wait_until_gone
+from runner.testing import BackendContract, processes_with, wait_until_gone
 
 from .conftest import read_testbed_env
 
@@ -258,3 +259,38 @@ def test_a_sweep_is_one_job_array_and_resume_resubmits_only_the_failed_index(pro
     assert rerun[0].summary["score"] == 6.0
     new_id = str(rerun[0].locator["job_id"])  # type: ignore[index]
     assert new_id.endswith("_0") and new_id.split("_")[0] != ids[0].split("_")[0]
+
+
+def test_runner_cancel_sweep_cancels_the_whole_array(project: Path, cli) -> None:  # type: ignore[no-untyped-def]
+    body = "import sys, time\nprint('job value', sys.argv[1], flush=True)\ntime.sleep(300)\n"
+    args = [*_slurm(project, body), "model.args=[1],[2],[3]", "hydra.launcher.max_parallel=2"]
+    proc = subprocess.Popen([sys.executable, "-m", "runner.cli", "submit", "-m", *args],
+                            cwd=project, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            env=dict(os.environ, **_env()))
+    store = Store(project / ".runner")
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            logs = [r.run_dir / "log.txt" for r in store.list()] if store.db_path.exists() else []
+            if sum(1 for p in logs if p.exists() and "job value" in p.read_text()) == 2:
+                break
+            time.sleep(0.2)
+        else:
+            raise AssertionError("two array tasks never ran")
+        runs = store.list()
+        array_id = str(runs[0].locator["job_id"]).split("_")[0]  # type: ignore[index]
+        assert _squeue(array_id)  # two running, one pending (%2)
+        assert sum(1 for r in runs if processes_with(f"RUNNER_RUN_DIR={r.run_dir}",
+                                                     source="environ")) == 2
+        (sweep_id,) = {r.sweep_id for r in runs}
+        res = cli("cancel", sweep_id, env=_env())
+        assert res.returncode == 0, res.stderr
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, out
+    assert [r.state for r in store.list()] == [RunState.CANCELLED] * 3
+    assert _squeue(array_id) == ""  # the running tasks and the pending one
+    for r in store.list():  # nothing of any run is left on the node
+        assert wait_until_gone(f"RUNNER_RUN_DIR={r.run_dir}", source="environ") == []
