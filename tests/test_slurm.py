@@ -96,6 +96,8 @@ def test_submit_streams_the_log_and_succeeds_with_the_job_id_in_the_ledger(proje
     # the job ran the run directory's batch script and wrote into the run directory's log
     log = (project / ".runner" / "runs" / run.id / "log.txt").read_text()
     assert f"hello from {run.locator['job_id']}" in log
+    show = cli("show", run.id, env=_env())
+    assert f"job_id {run.locator['job_id']}" in show.stdout, show.stdout
 
 
 def test_detach_then_follow_the_log_then_cancel(project: Path, cli) -> None:  # type: ignore[no-untyped-def]
@@ -182,7 +184,8 @@ def test_a_venv_is_built_once_per_env_key_in_the_work_dir_and_reused(project: Pa
     (project / "conf" / "env").mkdir(parents=True)
     (project / "conf" / "env" / "own.yaml").write_text(f"name: own\npython: '{py}'\n")
     shared = tmp_path / "shared"
-    args = [*_slurm(project, "import sys\nprint('prefix', sys.prefix)\n", work_dir=shared),
+    args = [*_slurm(project, "import sys, runner\nprint('prefix', sys.prefix)\n"
+                             "runner.log_metric('score', 1.5)\n", work_dir=shared),
             "env=own"]
     first = cli("submit", *args, env=_env(), timeout=300)
     assert first.returncode == 0, first.stdout + first.stderr
@@ -197,7 +200,7 @@ def test_a_venv_is_built_once_per_env_key_in_the_work_dir_and_reused(project: Pa
     for run in Store(project / ".runner").list():
         assert (shared / "runs" / run.id / "log.txt").is_file()
         assert (project / ".runner" / "runs" / run.id / "status.json").is_file()
-        assert run.state == RunState.SUCCEEDED
+        assert run.state == RunState.SUCCEEDED and run.summary == {"score": 1.5}
 
 
 @pytest.mark.slow

@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass
 
 from runner.backend import RunState, RunStatus
+from runner.errors import UserError
 from runner.plugins.slurm.client import Slurm
 
 #: Slurm's end states, with the run state and the one line each gives
@@ -97,6 +98,8 @@ def job_info(slurm: Slurm, job_id: str) -> JobInfo | None:
         if info is not None:
             return info
     if not r.ok and "Invalid job id" not in r.err:
-        raise RuntimeError(f"scontrol show job {job_id}: {r.first_error()}")
+        raise UserError(f"cannot ask Slurm about job {job_id}: scontrol says: {r.first_error()}",
+                        "check that the controller answers (scontrol ping) and that SLURM_CONF "
+                        "or target.slurm_conf names the cluster's slurm.conf.")
     acct = slurm.run("sacct", "-j", job_id, "-X", "-n", "-P", "-o", "State,ExitCode,Reason")
     return parse_sacct(acct.out) if acct.ok else None  # exit 1: the cluster keeps no accounting
