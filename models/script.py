@@ -36,6 +36,7 @@ class ScriptModel(Model):
     name = "script"
     Config = ScriptConfig
     runs_in_subprocess = True
+    reads_data_config = False
 
     def describe(self) -> str:
         c = self.config

@@ -214,6 +214,7 @@ class Runs:
             "sweep_id": sweep_id,
             "model_description": plan.model.describe(),
             "data_inputs": [d.record() for d in plan.data_inputs],
+            "reads_data": type(plan.model).reads_data_config or bool(plan.data_inputs),
         }, hidden))
         spec = RunSpec(run_id=rec.id, run_dir=rd.path, target_name=plan.target_name,
                        target=plan.backend.config, env=plan.env, model=plan.model.name,

@@ -24,6 +24,7 @@ BUILTIN_PLUGINS = (
     "runner.plugins.ledger",
     "runner.models.script",
     "runner.models.sentiment_cnn",
+    "runner.models.hydra_job",
 )
 ENTRY_POINT_GROUP = "runner.plugins"
 
