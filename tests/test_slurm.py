@@ -297,3 +297,22 @@ def test_runner_cancel_sweep_cancels_the_whole_array(project: Path, cli) -> None
     assert _squeue(array_id) == ""  # the running tasks and the pending one
     for r in store.list():  # nothing of any run is left on the node
         assert wait_until_gone(f"RUNNER_RUN_DIR={r.run_dir}", source="environ") == []
+
+
+def test_a_hydra_apps_sweep_runs_as_a_job_array(project: Path, cli) -> None:  # type: ignore[no-untyped-def]
+    from tests.test_hydra_users import APP, HELPERS
+
+    (project / "app" / "conf").mkdir(parents=True)
+    (project / "app" / "train.py").write_text(APP)
+    (project / "app" / "helpers.py").write_text(HELPERS)
+    (project / "app" / "conf" / "config.yaml").write_text("lr: 0.1\nlayers: 1\n")
+    r = subprocess.run([sys.executable, "app/train.py", "-m", "hydra/launcher=runner",
+                        "hydra.launcher.target=slurm", "lr=0.1,0.5", "layers=2"], cwd=project,
+                       text=True, capture_output=True, timeout=300, env=dict(os.environ, **_env()))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "[job 0] training lr=0.1 layers=2" in r.stdout
+    assert "[job 1] training lr=0.5 layers=2" in r.stdout
+    runs = Store(project / ".runner").list()
+    assert len(runs) == 2 and all(run.state == RunState.SUCCEEDED for run in runs)
+    ids = {str(run.locator["job_id"]).split("_")[0] for run in runs}  # type: ignore[index]
+    assert len(ids) == 1, ids  # one array
