@@ -301,7 +301,7 @@ ray_up() {
 # with its PID recorded in $SL; authentication through our own munged and socket. No cgroups are
 # used (proctrack/linuxproc, task/none), so nothing outside $SL is written.
 slurm_packages() {
-  local want=(slurmctld slurmd slurm-client munge) missing=() p
+  local want=(slurmctld slurmd slurm-client munge procps) missing=() p
   for p in "${want[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
   if [ ${#missing[@]} -gt 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
@@ -390,6 +390,10 @@ slurm_write_conf() {
 
 slurm_up() {
   skip apt || slurm_packages
+  local c
+  for c in munged slurmctld slurmd sbatch pgrep; do
+    command -v "$c" >/dev/null || { echo "slurm: $c is not installed (up installs it unless RUNNER_TESTBED_SKIP has apt; or skip this part: RUNNER_TESTBED_SKIP=slurm)" >&2; exit 1; }
+  done
   if pidfile_alive "$SL/slurmctld.pid" && pidfile_alive "$SL/slurmd.pid" && pidfile_alive "$SL/munged.pid" \
      && sq scontrol ping 2>/dev/null | grep -q UP; then
     say "slurm up (started by this testbed)"
