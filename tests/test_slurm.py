@@ -316,3 +316,40 @@ def test_a_hydra_apps_sweep_runs_as_a_job_array(project: Path, cli) -> None:  # 
     assert len(runs) == 2 and all(run.state == RunState.SUCCEEDED for run in runs)
     ids = {str(run.locator["job_id"]).split("_")[0] for run in runs}  # type: ignore[index]
     assert len(ids) == 1, ids  # one array
+
+
+@pytest.mark.slow
+def test_a_node_failure_requeues_the_run_and_it_starts_again(project: Path, cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The node goes down under a running job: Slurm requeues it (its default), the run shows
+    QUEUED with why, then runs again from the beginning. Slurm holds a requeued job back for
+    about two minutes."""
+    marker = tmp_path / "attempts"
+    body = (f"import time\nfrom pathlib import Path\np = Path({str(marker)!r})\n"
+            "n = len(p.read_text()) if p.exists() else 0\np.write_text('x' * (n + 1))\n"
+            "print('attempt', n + 1, flush=True)\ntime.sleep(300 if n == 0 else 0)\n")
+    res = cli("submit", "--detach", *_slurm(project, body), env=_env())
+    assert res.returncode == 0, res.stderr
+    (run,) = Store(project / ".runner").list()
+    log = project / ".runner" / "runs" / run.id / "log.txt"
+    deadline = time.monotonic() + 60
+    while not (log.exists() and "attempt 1" in log.read_text()):
+        assert time.monotonic() < deadline, "the first attempt never started"
+        time.sleep(0.2)
+    env = dict(os.environ, **_env())
+    subprocess.run(["scontrol", "update", "nodename=localhost", "state=down", "reason=runner-drill"],
+                   env=env, check=True)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            runs = cli("runs", env=_env())
+            if "QUEUED" in runs.stdout:
+                break
+            assert time.monotonic() < deadline, runs.stdout + runs.stderr
+            time.sleep(0.5)
+    finally:  # the node comes back by itself (ReturnToService=2); make sure
+        subprocess.run(["scontrol", "update", "nodename=localhost", "state=resume"], env=env,
+                       capture_output=True)
+    follow = cli("logs", run.id, "-f", env=_env(), timeout=400)
+    assert "attempt 2" in follow.stdout and "NODE FAILURE" in follow.stdout, follow.stdout
+    (run,) = Store(project / ".runner").list()
+    assert run.state == RunState.SUCCEEDED, run

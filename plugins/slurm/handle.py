@@ -74,6 +74,9 @@ class SlurmHandle(LocalDirHandleMixin, RunHandle):
             # failed node, scancel by hand), signalling the worker and its children at once;
             # Slurm's own state says which, once the job has left the queue
             info = self._info()
+            if info is not None and info.state == "PENDING":  # Slurm requeued it (a failed node)
+                return RunStatus(RunState.QUEUED, message=f"requeued by Slurm ({info.reason}); "
+                                                          "it starts again from the beginning")
             if info is not None and not info.ended:
                 return RunStatus(RunState.RUNNING, message="stopping")
             if info is not None and info.state not in ("COMPLETED", "FAILED"):
