@@ -43,7 +43,7 @@ class SlurmHandle(LocalDirHandleMixin, RunHandle):
     def _info(self, fresh: bool = False) -> JobInfo | None:
         now = time.monotonic()
         if fresh or self._asked is None or now - self._asked[0] >= _ASK_EVERY:
-            self._asked = (now, job_info(self.slurm, self.job_id))
+            self._asked = (now, job_info(self.slurm, self.job_id, fresh=fresh))
         return self._asked[1]
 
     def status(self) -> RunStatus:
@@ -108,7 +108,7 @@ class SlurmHandle(LocalDirHandleMixin, RunHandle):
                 if not self._left(30.0):
                     raise RuntimeError(f"run {self.run_id}: Slurm job {self.job_id} is still in "
                                        f"the queue after scancel: {self._info(fresh=True)}")
-        self._asked = None
+        self._info(fresh=True)  # not the shared listing, which may predate the cancel
         return self.status()
 
     def _scancel(self, *opts: str) -> None:

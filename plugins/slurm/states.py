@@ -9,7 +9,9 @@ then ``sacct`` where the cluster keeps accounting.
 
 from __future__ import annotations
 
+import getpass
 import re
+import time
 from dataclasses import dataclass
 
 from runner.backend import RunState, RunStatus
@@ -90,8 +92,39 @@ def parse_sacct(text: str) -> JobInfo | None:
     return None
 
 
-def job_info(slurm: Slurm, job_id: str) -> JobInfo | None:
-    """What Slurm knows of ``job_id`` now; None when it has forgotten it (or never knew it)."""
+#: seconds one ``squeue`` listing of this user's jobs answers for every run of this client
+_QUEUE_TTL = 1.0
+_queues: dict[str, tuple[float, dict[str, JobInfo]]] = {}
+
+
+def _queue(slurm: Slurm) -> dict[str, JobInfo]:
+    """This user's live jobs, one line per array task (``squeue -r``), from one ``squeue``
+    a second for all the runs this client watches (a sweep of a hundred runs asks once, not a
+    hundred times); empty when squeue does not answer."""
+    key = slurm.env().get("SLURM_CONF", "")
+    now = time.monotonic()
+    hit = _queues.get(key)
+    if hit is not None and now - hit[0] < _QUEUE_TTL:
+        return hit[1]
+    r = slurm.run("squeue", "-h", "-r", "-u", getpass.getuser(), "-o", "%i|%T|%r")
+    jobs: dict[str, JobInfo] = {}
+    for line in r.out.splitlines() if r.ok else ():
+        parts = line.strip().split("|")
+        if len(parts) == 3:
+            jobs[parts[0]] = JobInfo(parts[1], reason=parts[2])
+    _queues[key] = (now, jobs)
+    return jobs
+
+
+def job_info(slurm: Slurm, job_id: str, *, fresh: bool = False) -> JobInfo | None:
+    """What Slurm knows of ``job_id`` now; None when it has forgotten it (or never knew it).
+
+    A live job is found in the shared ``squeue`` listing (up to a second old; ``fresh`` asks
+    about this job alone); a job that is not there (ended, or submitted since the listing) is
+    asked about alone, where its exit status is."""
+    live = None if fresh else _queue(slurm).get(job_id)
+    if live is not None and not live.ended:
+        return live
     r = slurm.run("scontrol", "-o", "show", "job", job_id)
     if r.ok:
         info = parse_scontrol(r.out)
