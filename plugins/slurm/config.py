@@ -20,7 +20,7 @@ class SlurmConfig(BackendConfig):
     remote targets (``host``, ``ssh_config`` ...) next to these."""
 
     backend: str = "slurm"  # this backend
-    slots: int = 0  # runs at once in a sweep; 0 = submit every job and let Slurm queue them
+    slots: int = 0  # runs of a sweep at once (the array's %K); 0 = no limit but max_parallel
     gpus: str | None = None  # GPUs each run asks for (a count: --gres=gpu:N); None = no GPU
     gres: str | None = None  # a full --gres request instead of gpus (e.g. "gpu:a100:1")
     partition: str | None = None  # --partition; None = the cluster's default partition
