@@ -69,9 +69,8 @@ def compose_and_run(argv: Sequence[str], task: Task, runs: Runs, sweep: Sweep | 
     store_plugin_configs(runs.registry, runs.dirs)
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra's exceptions reach us unchanged
     os.environ.setdefault("RUNNER_HYDRA_SWEEP_DIR", str(runs.store.home / "hydra"))
-    from hydra_plugins.runner_launcher.runner_launcher import attach, ensure_registered
+    from hydra_plugins.runner_launcher.runner_launcher import attach
 
-    ensure_registered()
     user_conf = _user_conf(runs.project_root, package_conf_dir())
     if _is_plain(args):
         _compose_once(args, task, package_conf_dir(), user_conf)

@@ -194,11 +194,3 @@ def _exit_on_user_error(e: BaseException) -> None:
 def attach(task_function: Any, session: Any) -> None:
     """Give ``task_function`` the sweep session this launcher will use."""
     setattr(task_function, SESSION_ATTR, session)
-
-
-def ensure_registered() -> None:
-    """Register the launcher with Hydra explicitly: Hydra finds plugins by walking the
-    ``hydra_plugins`` folders, which an editable install of this package does not have."""
-    from hydra.core.plugins import Plugins
-
-    Plugins.instance().register(RunnerLauncher)

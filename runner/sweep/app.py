@@ -40,6 +40,7 @@ class AppSweep:
         self.app: str | None = None
         if script.is_file() and script.suffix == ".py" and script.is_relative_to(root):
             self.app = script.relative_to(root).as_posix()
+        self._base: Any = None  # the runner's config of the jobs (see _composed)
         cwd = Path.cwd().resolve()
         self.cwd = cwd.relative_to(root).as_posix() if cwd.is_relative_to(root) and cwd != root \
             else ""
@@ -54,7 +55,6 @@ class AppSweep:
         from hydra.core.hydra_config import HydraConfig
         from omegaconf import open_dict, read_write
 
-        from runner.compose import compose_aside, quoted
         from runner.models.hydra_job import JobPayload
 
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -70,23 +70,35 @@ class AppSweep:
                                      shared_dir=os.path.abspath(str(cfg.hydra.sweep.dir)))
                 path = self.folder / f"job-{num}.pkl"
                 _dump(payload, path)
-                composed = compose_aside([
-                    f"target={self.target}", *([f"env={self.env}"] if self.env else []),
-                    "model=hydra_job", f"model.app={quoted(self.app or _name(task_function))}",
-                    f"model.client_python={version}", f"model.cwd={quoted(self.cwd)}", "~data",
-                    f"+data.payload={quoted(str(path))}", *self.extra], self.runs)
+                composed = self._composed(task_function, version)
+                job_cfg = copy.deepcopy(composed.cfg)
+                with read_write(job_cfg), open_dict(job_cfg):
+                    job_cfg.data.payload = str(path)
                 task_cfg = copy.deepcopy(cfg)
                 with read_write(task_cfg), open_dict(task_cfg):
                     del task_cfg["hydra"]
                 overrides = list(cfg.hydra.overrides.task)
                 HydraConfig.instance().set_config(cfg)
-                jobs.append(self.sweep.add(num, composed.cfg, overrides, composed.choices))
+                jobs.append(self.sweep.add(num, job_cfg, overrides, composed.choices))
                 items.append((cfg, task_cfg))
         finally:
             HydraConfig.instance().cfg = original  # type: ignore[assignment]
         self.sweep.run(jobs)
         return [self._returned(job, cfg, task_cfg) for job, (cfg, task_cfg) in
                 zip(jobs, items, strict=True)]
+
+    def _composed(self, task_function: Any, version: str) -> Any:
+        """The runner's config of the app's jobs, composed once (Hydra's global state is set
+        aside for it, which costs a plugin scan); each job then only names its payload."""
+        from runner.compose import compose_aside, quoted
+
+        if self._base is None:
+            self._base = compose_aside([
+                f"target={self.target}", *([f"env={self.env}"] if self.env else []),
+                "model=hydra_job", f"model.app={quoted(self.app or _name(task_function))}",
+                f"model.client_python={version}", f"model.cwd={quoted(self.cwd)}", "~data",
+                "+data.payload=", *self.extra], self.runs)
+        return self._base
 
     def _returned(self, job: Any, cfg: Any, task_cfg: Any) -> Any:
         """The job's JobReturn as the target wrote it; a failure of the run when there is
