@@ -17,7 +17,7 @@ from typing import Any, TextIO
 from omegaconf import DictConfig
 
 from runner import snapshot
-from runner.backend import RunHandle, RunSpec, RunState, RunStatus
+from runner.backend import Capability, RunHandle, RunSpec, RunState, RunStatus
 from runner.errors import UserError
 from runner.launch import Plan, Runs
 from runner.rundir import RunDir, read_json, write_json_atomic
@@ -252,7 +252,9 @@ class Sweep:
             job.run_id, job.spec = rec.id, spec
             self._say(f"[job {num}] {rec.id} QUEUED  {self._label(job)}")
             # start at once when there is room: the next jobs are recorded while it runs
-            if not self.failed_fast and self.capacity.free(plan) and self._start(job):
+            # (a target that takes many runs as one submission gets them all in run())
+            if (not self.failed_fast and Capability.ARRAY not in plan.backend.capabilities
+                    and self.capacity.free(plan) and self._start(job)):
                 self._active.append(job)
         self.jobs.append(job)
         return job
@@ -273,6 +275,7 @@ class Sweep:
         pending = [j for j in jobs if not j.done and j.handle is None]
         active = [j for j in jobs if not j.done and j.handle is not None]
         try:
+            pending = self._start_arrays(pending, active)
             while pending or active:
                 self._check_not_cancelled()
                 for job in list(pending):
@@ -315,6 +318,59 @@ class Sweep:
                 signal.signal(signal.SIGINT, old)
             raise SweepCancelled() from None
         return list(jobs)
+
+    def _start_arrays(self, pending: list[Job], active: list[Job]) -> list[Job]:
+        """Hand the jobs of each target that takes many runs as one submission
+        (:attr:`Capability.ARRAY`: a Slurm job array) over together; the target keeps at most
+        ``max_parallel`` of them running. Returns the jobs still to start one by one."""
+        groups: list[list[Job]] = []
+        for job in pending:
+            assert job.plan is not None
+            if Capability.ARRAY not in job.plan.backend.capabilities or self.failed_fast:
+                continue
+            for group in groups:  # the same target with the same keys: one submission
+                first = group[0].plan
+                assert first is not None
+                if (first.target_name == job.plan.target_name
+                        and first.backend.config == job.plan.backend.config):
+                    group.append(job)
+                    break
+            else:
+                groups.append([job])
+        for group in groups:
+            plan = group[0].plan
+            assert plan is not None
+            specs = []
+            for job in group:
+                assert job.spec is not None and job.run_id is not None
+                if self.store.get(job.run_id).state.terminal:  # cancelled while it was queued
+                    rec = self.store.get(job.run_id)
+                    job.state, job.status = rec.state.value, RunStatus(rec.state, message=rec.message)
+                    continue
+                specs.append(job.spec)
+            group = [j for j in group if not j.done]
+            for job in group:
+                pending.remove(job)
+            if not group:
+                continue
+            now = time.time()
+            try:
+                handles = self.runs.launch_many(plan, specs, max_parallel=self.capacity.max_parallel)
+            except Exception as e:
+                msg = e.message if isinstance(e, UserError) else f"{type(e).__name__}: {e}"
+                for job in group:
+                    job.status = RunStatus(RunState.FAILED, message=f"could not start: {msg}")
+                    job.state, job.ended = RunState.FAILED.value, time.time()
+                    self._say(f"[job {job.num}] {job.run_id} FAILED: could not start: {msg}")
+                if self.fail_fast:
+                    self.failed_fast = True
+                continue
+            for job, handle in zip(group, handles, strict=True):
+                self.capacity.take(job.plan, None)  # type: ignore[arg-type]
+                job.handle, job.started = handle, now
+                self._transition(job, RunState.RUNNING.value, " (array)")
+                active.append(job)
+        return pending
 
     def _check_not_cancelled(self) -> None:
         if self.sweep_id is not None and self._cancel_marker().exists():
