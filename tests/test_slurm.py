@@ -264,6 +264,36 @@ def test_a_sweep_is_one_job_array_and_resume_resubmits_only_the_failed_index(pro
     assert new_id.endswith("_0") and new_id.split("_")[0] != ids[0].split("_")[0]
 
 
+def test_a_detached_sweep_returns_once_the_array_is_queued(project: Path, cli) -> None:  # type: ignore[no-untyped-def]
+    """`runner submit -m --detach` on Slurm: the shell is free as soon as the array is queued
+    (the scheduler holds the queue); `runner sweep` then follows the jobs to their end."""
+    body = "import sys, time, runner\ntime.sleep(3)\nrunner.log_metric('x', float(sys.argv[1]))\n"
+    args = [*_slurm(project, body), "model.args=[1],[2],[3]"]
+    res = cli("submit", "-m", "--detach", *args, env=_env(), timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert "this shell is free" in res.stderr
+    store = Store(project / ".runner")
+    runs = store.list()
+    assert len(runs) == 3 and all(not r.state.terminal for r in runs)  # queued, not waited for
+    (sweep_id,) = {r.sweep_id for r in runs}
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        shown = cli("sweep", str(sweep_id), env=_env())
+        if shown.stdout.count("SUCCEEDED") == 3:
+            break
+        time.sleep(2)
+    assert shown.stdout.count("SUCCEEDED") == 3, shown.stdout + shown.stderr
+    assert sorted(r.summary["x"] for r in store.list()) == [1.0, 2.0, 3.0]
+
+
+def test_a_detached_optimizing_sweep_is_refused(project: Path, cli) -> None:  # type: ignore[no-untyped-def]
+    args = [*_slurm(project, "print('never')\n"), "model.args=[1],[2]",
+            "hydra.launcher.objective=loss"]
+    res = cli("submit", "-m", "--detach", *args, env=_env())
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert "does not apply to an optimizing sweep" in res.stderr
+
+
 def test_runner_cancel_sweep_cancels_the_whole_array(project: Path, cli) -> None:  # type: ignore[no-untyped-def]
     body = "import sys, time\nprint('job value', sys.argv[1], flush=True)\ntime.sleep(300)\n"
     args = [*_slurm(project, body), "model.args=[1],[2],[3]", "hydra.launcher.max_parallel=2"]

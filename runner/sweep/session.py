@@ -90,7 +90,7 @@ class Sweep:
         self, runs: Runs, *, sweep_id: str | None = None, fail_fast: bool = False,
         skip_done: bool = False, max_parallel: int | None = None, objective: str | None = None,
         show_logs: bool = True, poll: float = 0.1, out: TextIO | None = None,
-        log_out: TextIO | None = None, argv: Sequence[str] = (),
+        log_out: TextIO | None = None, argv: Sequence[str] = (), detach: bool = False,
     ) -> None:
         self.runs = runs
         self.store = runs.store
@@ -104,6 +104,9 @@ class Sweep:
         self.out = out or sys.stderr  # progress lines
         self.log_out = log_out or sys.stdout  # the jobs' logs, each line prefixed by [job N]
         self.argv = list(argv)
+        #: hand the jobs to a target that queues them itself, then return (--detach)
+        self.detach = detach
+        self.detached = False  #: True once run() returned with the jobs left to their target
         self.jobs: list[Job] = []
         self.manifest_digest: str | None = None
         self._code_manifest: dict[str, Any] | None = None
@@ -128,6 +131,11 @@ class Sweep:
         if max_parallel is not None:
             self.capacity = Capacity(max_parallel)
         if objective is not None:
+            if self.detach:
+                raise UserError(
+                    "--detach does not apply to an optimizing sweep: the sweeper needs each "
+                    f"job's {objective} before it picks the next.",
+                    "run it in the foreground, or in the background with nohup or tmux.")
             self.objective = objective
         if show_logs is not None:
             self.show_logs = show_logs
@@ -221,6 +229,12 @@ class Sweep:
         that need it resolve.
         """
         plan = self.runs.plan(cfg, overrides, choices)
+        if self.detach and Capability.ARRAY not in plan.backend.capabilities:
+            raise UserError(
+                f"--detach does not apply to a sweep on target {plan.target_name}: the launcher "
+                "starts its queued jobs as slots free up, so it runs until the sweep ends.",
+                "targets whose scheduler queues the jobs itself (slurm) take a detached sweep; "
+                "elsewhere run it in the background (nohup, tmux): `runner sweep SWEEP` shows it.")
         self._begin(plan.target_name, plan)
         assert self.sweep_id is not None and self.manifest_digest is not None
         self._check_not_cancelled()
@@ -276,6 +290,9 @@ class Sweep:
         active = [j for j in jobs if not j.done and j.handle is not None]
         try:
             pending = self._start_arrays(pending, active)
+            if self.detach:  # every job went to a scheduler that queues it (add() checked)
+                self.detached = True
+                return list(jobs)
             while pending or active:
                 self._check_not_cancelled()
                 for job in list(pending):
@@ -532,6 +549,8 @@ class Sweep:
         self._say(f"the sweeper's results: {dest}")
 
     def exit_code(self) -> int:
+        if self.detached:
+            return 0
         if self.cancelled:
             return 130
         return 0 if all(j.ok for j in self.jobs) else 1
