@@ -16,6 +16,9 @@ whole table at the end in the form of docs/RELIABILITY.md:
              unique secret value was found
   dcancel    the cancel storm on the Docker targets (local_docker, and remote_docker on the
              testbed's SSH host): runs cancelled, seconds, containers left
+  fulldisk   a run that fills the disk holding the project (ledger and run directories, a
+             1 MiB tmpfs): "bug" messages and runner tracebacks printed, the state recorded
+             once space is freed (FAILED with the reason, not LOST)
   connkill   `runner submit` streaming a remote run while its SSH connection is cut (a killed
              ProxyCommand, an aborted TCP socket) on both test hosts: log lines lost and
              repeated, exit code, runs not SUCCEEDED
@@ -377,6 +380,33 @@ def drill_connkill(root: Path, cuts: int) -> dict[str, object]:
     return out
 
 
+def drill_fulldisk(root: Path) -> dict[str, object]:
+    mnt = root / "fulldisk"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        return {"skipped": f"cannot mount a tmpfs: {r.stderr.strip()}"}
+    try:
+        proj = project(mnt, "proj")
+        (proj / "fill.py").write_text(
+            "import runner\nwith open(runner.outputs_dir() / 'big.bin', 'wb') as f:\n"
+            "    while True:\n        f.write(b'x' * 65536)\n")
+        sub = runner("submit", "model=script", "model.path=fill.py", cwd=proj)
+        listing = runner("runs", cwd=proj)
+        for big in (proj / ".runner" / "runs").glob("*/outputs/big.bin"):
+            big.unlink()
+        after = runner("runs", cwd=proj)
+        printed = sub.stderr + listing.stderr
+        return {"submit exit": sub.returncode, "'bug' messages": printed.count("looks like a bug"),
+                "runner tracebacks": printed.count("Traceback"),
+                "said no space left": int("no space left" in printed.lower()),
+                "state once freed": "FAILED" if "FAILED" in after.stdout else after.stdout.strip(),
+                "LOST": after.stdout.count("LOST")}
+    finally:
+        subprocess.run(["umount", str(mnt)], capture_output=True)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--submits", type=int, default=100)
@@ -397,6 +427,7 @@ def main() -> int:
         "secrets": drill_secrets,
         "dcancel": lambda r: drill_docker_cancel(r, args.docker_stubborn, args.grace),
         "connkill": lambda r: drill_connkill(r, args.cuts),
+        "fulldisk": drill_fulldisk,
     }
     results: dict[str, dict[str, object]] = {}
     with tempfile.TemporaryDirectory(prefix="runner-drills-") as tmp:
