@@ -49,11 +49,11 @@ def disk_full(path: Path) -> bool:
     """True when the file system holding ``path`` (or its nearest existing folder) has no room
     left for a small file: a write there fails with "No space left on device"."""
     p = Path(path)
-    while not p.exists() and p != p.parent:
-        p = p.parent
     try:
+        while not p.exists() and p != p.parent:
+            p = p.parent
         st = os.statvfs(p)
-    except OSError:
+    except OSError:  # a name too long, a folder not readable: not a full disk
         return False
     return st.f_bavail * st.f_frsize < 64 * 1024
 

@@ -23,7 +23,13 @@ from pytest import mark, param
 
 @pytest.fixture(autouse=True)
 def _in_a_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Each test sweeps from its own project (its own ledger), as a user's app would."""
+    """Each test sweeps from its own project (its own ledger), as a user's app would, with
+    Hydra's version base at its default (1.1), as in a fresh process: the suites are written
+    for it, and another test's in-process compose(version_base="1.3") would have changed it."""
+    from hydra.version import VersionBase
+    from packaging.version import Version
+
+    VersionBase.instance().setbase(Version("1.1"))
     (tmp_path / "app-project" / ".runner").mkdir(parents=True)
     monkeypatch.chdir(tmp_path / "app-project")
 
