@@ -21,6 +21,7 @@ BUILTIN_PLUGINS = (
     "runner.plugins.remote_docker",
     "runner.plugins.ray",
     "runner.plugins.ledger",
+    "runner.plugins.notify",
     "runner.models.script",
     "runner.models.sentiment_cnn",
 )

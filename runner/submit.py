@@ -30,6 +30,7 @@ def _err(text: str) -> None:
 def submit(ctx: CommandContext, args: argparse.Namespace) -> int:
     """Run each composed job (a sweep with ``-m``); the exit code says how they ended."""
     from runner.compose import compose_and_run
+    from runner.resume import follow
     from runner.sweep import JobFailed, Sweep, SweepCancelled
 
     runs = ctx.runs
@@ -52,9 +53,9 @@ def submit(ctx: CommandContext, args: argparse.Namespace) -> int:
         if args.detach:
             _err(f"{prefix}started; follow with: runner logs {rec.id} -f")
             return rec.id
-        st = stream(runs, rec.id, handle, prefix)
-        outcome["code"] = max(outcome["code"], final_line(runs, rec.id, st, prefix))
-        return rec.id
+        last, st = follow(runs, plan, rec, handle, prefix)  # with its retries, if any
+        outcome["code"] = max(outcome["code"], final_line(runs, last, st, prefix))
+        return last
 
     try:
         compose_and_run(args.overrides, task, runs, sweep=sweep)

@@ -18,7 +18,7 @@ import numpy as np
 
 from runner.errors import UserError
 from runner.model import ModelError, RunContext
-from runner.models.sentiment_cnn import datasets
+from runner.models.sentiment_cnn import checkpoints, datasets
 from runner.models.sentiment_cnn.model import SentimentCNNConfig, missing_framework
 from runner.models.sentiment_cnn.vocab import FILE_NAME as VOCAB_FILE
 from runner.models.sentiment_cnn.vocab import Vocabulary, fit_length
@@ -260,14 +260,15 @@ def train(c: SentimentCNNConfig, spec: datasets.DataSpec, ctx: RunContext) -> in
         history: dict[str, list[float]] = {}
         step0 = (fold.number - 1) * c.epochs if fold.number else 0
         recorder = _recorder(keras, ctx, sizes["train"], step0, history)
+        saving = checkpoints.callbacks(keras, ctx, fold.number)  # after the recorder
         if c.bucket_by_length:
             model.fit(_bucketed(keras, fold.x_train, fold.y_train, c, ctx.seed + fold.number),
                       epochs=c.epochs, validation_data=(fold.x_val, fold.y_val), shuffle=False,
-                      callbacks=[recorder], verbose=c.verbose)  # the batches come shuffled
+                      callbacks=[recorder, *saving], verbose=c.verbose)  # the batches come shuffled
         else:
             x_train = fit_length(fold.x_train, c.maxlen, c.padding, c.truncating)
             model.fit(x_train, fold.y_train, batch_size=c.batch_size, epochs=c.epochs,
-                      validation_data=(fold.x_val, fold.y_val), callbacks=[recorder],
+                      validation_data=(fold.x_val, fold.y_val), callbacks=[recorder, *saving],
                       verbose=c.verbose)
         loss, acc = model.evaluate(fold.x_test, fold.y_test, batch_size=256, verbose=0)[:2]
         results.append((float(loss), float(acc)))
