@@ -46,17 +46,19 @@ class RetryPolicy:
         """The run's ``retries``/``retry_oom`` when set, else its target's."""
         target = plan.backend.config
         retries = plan.values.get("retries")
+        key = "retries" if retries is not None else "target.retries"
+        if retries is None:
+            retries = getattr(target, "retries", 0) or 0
         retry_oom = plan.values.get("retry_oom")
-        policy = cls(
-            retries=int(retries if retries is not None else getattr(target, "retries", 0) or 0),
-            retry_oom=bool(retry_oom if retry_oom is not None
-                           else getattr(target, "retry_oom", False)),
-            backoff=float(getattr(target, "retry_backoff", 5.0)),
-        )
-        if policy.retries < 0:
-            raise UserError(f"retries: must be 0 or more (attempts after the first), got "
-                            f"{policy.retries}.", "e.g. runner submit retries=2")
-        return policy
+        if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
+            raise UserError(f"{key}: must be 0 or more (attempts after the first), got "
+                            f"{retries!r}.", "e.g. runner submit retries=2")
+        if retry_oom is not None and not isinstance(retry_oom, bool):
+            raise UserError(f"retry_oom: must be true or false, got {retry_oom!r}.")
+        return cls(retries=retries,
+                   retry_oom=bool(retry_oom if retry_oom is not None
+                                  else getattr(target, "retry_oom", False)),
+                   backoff=float(getattr(target, "retry_backoff", 5.0)))
 
     def wants(self, status: RunStatus, attempt: int) -> bool:
         """True when a run that ended with ``status`` on attempt ``attempt`` goes again."""
@@ -73,8 +75,8 @@ class RetryPolicy:
         return min(MAX_BACKOFF_S, self.backoff * 2 ** (attempt - 1))
 
 
-def follow(runs: Runs, plan: Plan, rec: RunRecord, handle: RunHandle, prefix: str = ""
-           ) -> tuple[str, RunStatus]:
+def follow(runs: Runs, plan: Plan, rec: RunRecord, handle: RunHandle, prefix: str = "",
+           policy: RetryPolicy | None = None) -> tuple[str, RunStatus]:
     """Stream the run's log until it ends; while it ends LOST (or OOM, where asked) and
     attempts are left, start it again from its checkpoint and stream that. Returns the id and
     the status of the last attempt."""
@@ -82,7 +84,7 @@ def follow(runs: Runs, plan: Plan, rec: RunRecord, handle: RunHandle, prefix: st
     from runner.rundir import RunDir
     from runner.submit import stream
 
-    policy = RetryPolicy.of(plan)
+    policy = policy or RetryPolicy.of(plan)
     st = stream(runs, rec.id, handle, prefix)
     while policy.wants(st, rec.attempt):
         rec = runs.store.get(rec.id)
@@ -164,6 +166,7 @@ def resume(ctx: CommandContext, args: argparse.Namespace) -> int:
         from runner.checkpoint import checkpoint_size
 
         plan = runs.plan(job.cfg, job.overrides, job.choices)
+        policy = RetryPolicy.of(plan)  # checked before anything starts
         rec, spec = runs.record(plan, code_from=rd.code, code_manifest=meta.get("code_manifest"),
                                 parent=parent)
         files, size = checkpoint_size(rd)
@@ -175,7 +178,7 @@ def resume(ctx: CommandContext, args: argparse.Namespace) -> int:
         if args.detach:
             _err(f"started; follow with: runner logs {rec.id} -f")
             return rec.id
-        last, st = follow(runs, plan, rec, handle)
+        last, st = follow(runs, plan, rec, handle, policy=policy)
         outcome["code"] = final_line(runs, last, st)
         return last
 

@@ -30,7 +30,7 @@ def _err(text: str) -> None:
 def submit(ctx: CommandContext, args: argparse.Namespace) -> int:
     """Run each composed job (a sweep with ``-m``); the exit code says how they ended."""
     from runner.compose import compose_and_run
-    from runner.resume import follow
+    from runner.resume import RetryPolicy, follow
     from runner.sweep import JobFailed, Sweep, SweepCancelled
 
     runs = ctx.runs
@@ -44,6 +44,7 @@ def submit(ctx: CommandContext, args: argparse.Namespace) -> int:
 
     def task(job: ComposedJob) -> Any:
         plan = runs.plan(job.cfg, job.overrides, job.choices)
+        policy = RetryPolicy.of(plan)  # checked before anything starts
         prefix = f"[job {job.num}] " if job.num is not None else ""
         rec, spec = runs.record(plan)
         _err(f"{prefix}run {rec.id}: target {plan.target_name} ({plan.backend.name}), "
@@ -53,7 +54,7 @@ def submit(ctx: CommandContext, args: argparse.Namespace) -> int:
         if args.detach:
             _err(f"{prefix}started; follow with: runner logs {rec.id} -f")
             return rec.id
-        last, st = follow(runs, plan, rec, handle, prefix)  # with its retries, if any
+        last, st = follow(runs, plan, rec, handle, prefix, policy)  # with its retries, if any
         outcome["code"] = max(outcome["code"], final_line(runs, last, st, prefix))
         return last
 

@@ -200,3 +200,33 @@ def test_resume_refuses_runs_it_cannot_continue(project: Path) -> None:
         assert "Traceback" not in res.stderr
     finally:
         run_cli("cancel", running, cwd=project)
+
+
+def test_overrides_given_to_resume_replace_those_of_the_same_key() -> None:
+    from runner.resume import merged_overrides
+
+    before = ["model=script", "model.args=[5,1]", "+extra.flag=1", "target=local_docker"]
+    assert merged_overrides(before, ["target=local", "extra.flag=2"]) == [
+        "model=script", "model.args=[5,1]", "target=local", "extra.flag=2"]
+    assert merged_overrides(before, []) == before
+
+
+def test_retry_policy_retries_lost_runs_and_oom_only_when_asked() -> None:
+    from runner.backend import RunState, RunStatus
+    from runner.resume import MAX_BACKOFF_S, RetryPolicy
+
+    lost, oom = RunStatus(RunState.LOST), RunStatus(RunState.FAILED, oom=True)
+    failed, cancelled = RunStatus(RunState.FAILED, exit_code=1), RunStatus(RunState.CANCELLED)
+    p = RetryPolicy(retries=2, backoff=1.5)
+    assert p.wants(lost, 1) and p.wants(lost, 2) and not p.wants(lost, 3)
+    assert not p.wants(oom, 1) and not p.wants(failed, 1) and not p.wants(cancelled, 1)
+    assert RetryPolicy(retries=1, retry_oom=True).wants(oom, 1)
+    assert [p.delay(n) for n in (1, 2, 3)] == [1.5, 3.0, 6.0]
+    assert p.delay(40) == MAX_BACKOFF_S
+    assert not RetryPolicy().wants(lost, 1)  # retries default to none
+
+
+def test_a_negative_retries_is_a_clear_error(project: Path) -> None:
+    (project / "ok.py").write_text("pass\n")
+    res = run_cli("submit", "model=script", "model.path=ok.py", "retries=-1", cwd=project)
+    assert res.returncode == 2 and res.stderr.startswith("error: retries: must be 0 or more")
