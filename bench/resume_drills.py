@@ -140,10 +140,9 @@ def main() -> None:
     ap.add_argument("--no-cnn", action="store_true")
     a = ap.parse_args()
     rows: list[tuple[str, dict[str, float], float]] = []
-    env_file = Path("/tmp/runner-testbed/env")
-    tb = dict(line.split("=", 1) for line in env_file.read_text().split("\n")
-              if "=" in line and not line.startswith("#")) if env_file.exists() else {}
-    tb = {k.replace("export ", ""): v.strip("'\"") for k, v in tb.items()}
+    from tests.conftest import read_testbed_env
+
+    tb = read_testbed_env()
     base_image = tb.get("RUNNER_BASE_IMAGE", "runner-base:bookworm")
     with tempfile.TemporaryDirectory(prefix="runner-resume-drills-") as tmp:
         proj = Path(tmp) / "proj"

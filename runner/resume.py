@@ -85,7 +85,10 @@ def follow(runs: Runs, plan: Plan, rec: RunRecord, handle: RunHandle, prefix: st
     from runner.submit import stream
 
     policy = policy or RetryPolicy.of(plan)
-    st = stream(runs, rec.id, handle, prefix)
+    # a run that may be retried is watched through an outage of its target, so that it is
+    # retried only once the target says it is gone (never while it may still be running)
+    patience = min(30.0, max(1.0, policy.backoff)) if policy.retries else None
+    st = stream(runs, rec.id, handle, prefix, patience)
     while policy.wants(st, rec.attempt):
         rec = runs.store.get(rec.id)
         rd = RunDir(rec.run_dir)
@@ -102,7 +105,7 @@ def follow(runs: Runs, plan: Plan, rec: RunRecord, handle: RunHandle, prefix: st
                                 parent=rec, attempt=rec.attempt + 1)
         _err(f"{prefix}run {rec.id}: attempt {rec.attempt}, continues {rec.parent}")
         handle = runs.launch(plan, spec)
-        st = stream(runs, rec.id, handle, prefix)
+        st = stream(runs, rec.id, handle, prefix, patience)
     return rec.id, st
 
 
@@ -115,6 +118,34 @@ def merged_overrides(before: list[str], given: list[str]) -> list[str]:
     """The parent's overrides with those ``given`` put in place of the ones of the same key."""
     keys = {override_key(o) for o in given}
     return [o for o in before if override_key(o) not in keys] + list(given)
+
+
+def _flat(obj: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(obj, dict):
+        out: dict[str, Any] = {}
+        for k, v in obj.items():
+            out.update(_flat(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: obj}
+
+
+def config_drift(parent_config: Any, values: dict[str, Any], given: list[str]) -> list[str]:
+    """``key: old -> new`` for each config value that differs from the parent's although no
+    override given to resume changed it (a config file edited since the parent ran)."""
+    from runner.secrets import redact
+
+    if not isinstance(parent_config, dict):
+        return []
+    keys = [override_key(o) for o in given]
+    before, now = _flat(parent_config), _flat(redact(values))
+    out = []
+    for k in sorted(set(before) | set(now)):
+        if any(k == g or k.startswith(g + ".") for g in keys):
+            continue
+        old, new = before.get(k, "(none)"), now.get(k, "(none)")
+        if old != new and "****" not in f"{old}{new}":
+            out.append(f"{k}: {old!r} -> {new!r}")
+    return out
 
 
 def resumable(runs: Runs, ref: str) -> RunRecord:
@@ -148,10 +179,19 @@ def resumable(runs: Runs, ref: str) -> RunRecord:
     return rec
 
 
+def _read_yaml(path: Any) -> Any:
+    import yaml
+
+    try:
+        return yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+
+
 def resume(ctx: CommandContext, args: argparse.Namespace) -> int:
     """``runner resume RUN [overrides]``: a new run that continues ``RUN`` from its checkpoint."""
     from runner.compose import compose_and_run
-    from runner.rundir import RunDir
+    from runner.rundir import CONFIG, RunDir
     from runner.submit import final_line
 
     runs = ctx.runs
@@ -167,6 +207,11 @@ def resume(ctx: CommandContext, args: argparse.Namespace) -> int:
 
         plan = runs.plan(job.cfg, job.overrides, job.choices)
         policy = RetryPolicy.of(plan)  # checked before anything starts
+        drift = config_drift(_read_yaml(rd.path / CONFIG), plan.values, list(args.overrides))
+        if drift:
+            _err(f"note: the config files changed since run {parent.id}; composed now, these "
+                 f"differ from its config (override them to keep its values): "
+                 + "; ".join(drift[:8]) + (" ..." if len(drift) > 8 else ""))
         rec, spec = runs.record(plan, code_from=rd.code, code_manifest=meta.get("code_manifest"),
                                 parent=parent)
         files, size = checkpoint_size(rd)

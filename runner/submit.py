@@ -82,13 +82,33 @@ def submit(ctx: CommandContext, args: argparse.Namespace) -> int:
     return sweep.exit_code()
 
 
-def stream(runs: Runs, run_id: str, handle: RunHandle, prefix: str = "") -> RunStatus:
-    """Print the log until the run ends; Ctrl-C cancels the run and waits until it stopped."""
+def stream(runs: Runs, run_id: str, handle: RunHandle, prefix: str = "",
+           patience: float | None = None) -> RunStatus:
+    """Print the log until the run ends; Ctrl-C cancels the run and waits until it stopped.
+
+    With ``patience`` (seconds between tries), a target that stops answering is asked again
+    until it answers, and the log goes on from where it was: the run keeps its last known
+    state meanwhile (it is never taken for lost while nobody can tell)."""
     offset = 0
+    noted = False
     try:
-        for offset, line in runs.follow(handle):  # noqa: B007 - offset kept for the resume below
-            sys.stdout.write(prefix + line)
-            sys.stdout.flush()
+        while True:
+            try:
+                for pos, line in runs.follow(handle, offset):
+                    offset = pos  # where the log goes on after an outage, or after a cancel
+                    sys.stdout.write(prefix + line)
+                    sys.stdout.flush()
+                break
+            except Exception as e:
+                if patience is None:
+                    raise
+                if not noted:
+                    why = str(e).splitlines()[0] if str(e) else type(e).__name__
+                    _err(f"{prefix}run {run_id}: its target did not answer ({why}); the run "
+                         f"keeps its last known state, asked again every {patience:g}s")
+                    noted = True
+                time.sleep(patience)
+                continue
     except KeyboardInterrupt:
         old = signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not orphan it
         try:

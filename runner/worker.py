@@ -54,8 +54,8 @@ class _Stop:
             raise Cancelled()
         first = not self.requested
         self.requested = True
-        if first:
-            print("[runner] stop requested: the model saves a checkpoint and stops", flush=True)
+        if first:  # os.write: a print here could re-enter one the main thread is in
+            os.write(1, b"[runner] stop requested: the model saves a checkpoint and stops\n")
         for cb in list(self.callbacks):
             cb()
 

@@ -230,3 +230,20 @@ def test_a_negative_retries_is_a_clear_error(project: Path) -> None:
     (project / "ok.py").write_text("pass\n")
     res = run_cli("submit", "model=script", "model.path=ok.py", "retries=-1", cwd=project)
     assert res.returncode == 2 and res.stderr.startswith("error: retries: must be 0 or more")
+
+
+def test_resume_says_which_values_changed_in_the_config_files_since(project: Path) -> None:
+    (project / "epochs.py").write_text(EPOCHS)
+    (project / "conf" / "target").mkdir(parents=True)
+    mine = project / "conf" / "target" / "mine.yaml"
+    mine.write_text("backend: local\ncancel_grace: 5\n")
+    r = run_cli("submit", "target=mine", "model=script", "model.path=epochs.py",
+                "model.args=[1,0]", cwd=project)
+    assert r.returncode == 0, r.stderr
+    res = run_cli("resume", "last", "model.args=[2,0]", cwd=project)
+    assert res.returncode == 0 and "config files changed" not in res.stderr, res.stderr
+    mine.write_text("backend: local\ncancel_grace: 7\n")
+    res = run_cli("resume", "last", "model.args=[3,0]", cwd=project)
+    assert res.returncode == 0, res.stderr
+    assert "note: the config files changed since run" in res.stderr
+    assert "target.cancel_grace: 5 -> 7" in res.stderr and "model.args" not in res.stderr

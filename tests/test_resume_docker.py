@@ -5,6 +5,7 @@ another target, and a killed container is retried from its checkpoint."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -131,3 +132,87 @@ def test_on_the_ssh_host_a_cancel_saves_resume_ships_the_checkpoint_and_a_kill_i
     done3 = _epochs(run_cli("logs", third, cwd=project).stdout)
     done4 = _epochs(run_cli("logs", fourth, cwd=project).stdout)
     assert sorted(done3 + done4) == [1, 2, 3, 4, 5, 6], (done3, done4)
+
+
+@pytest.mark.ssh
+@pytest.mark.skipif(_REMOTE is not None, reason=_REMOTE or "")
+def test_a_host_that_goes_away_is_waited_for_then_the_run_is_retried_once(
+        project: Path, tmp_path: Path) -> None:
+    """The host stops answering mid-run and its container is gone when it comes back (a
+    reboot): the watching client keeps the run's last known state while the host is away
+    (no second attempt starts then), and retries it once it can tell the run is lost."""
+    from tests.test_remote_docker import CLIENT_KEY, KNOWN_HOSTS, PORT
+
+    down = tmp_path / "host-down"
+    key = next(ln.split(None, 1)[1] for ln in Path(KNOWN_HOSTS).read_text().splitlines()
+               if ln.startswith(f"[127.0.0.1]:{PORT} "))
+    (tmp_path / "known_hosts").write_text(f"gonebox {key}\n")
+    ssh_config = tmp_path / "ssh_config"
+    ssh_config.write_text(
+        "Host gonebox\n  HostName gonebox\n  User root\n"
+        f"  IdentityFile {CLIENT_KEY}\n  IdentitiesOnly yes\n"
+        f"  UserKnownHostsFile {tmp_path / 'known_hosts'}\n"
+        f"  ProxyCommand sh -c 'test -e {down} && exit 1; exec socat STDIO TCP:127.0.0.1:{PORT}'\n")
+    (project / "conf" / "target").mkdir(parents=True)
+    (project / "conf" / "target" / "gonebox.yaml").write_text(
+        f"backend: remote_docker\nhost: gonebox\nssh_config: {ssh_config}\n"
+        f"work_dir: {tmp_path / 'remote-work'}\nbase_image: {BASE}\ncancel_grace: 3\n"
+        "connect_timeout: 5\nretry_backoff: 1\n")
+    (project / "epochs.py").write_text(EPOCHS)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "runner.cli", "submit", "target=gonebox", "env=docker_python",
+         "model=script", "model.path=epochs.py", "model.args=[8,2]", "retries=1"],
+        cwd=project, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)})
+    runs = project / ".runner" / "runs"
+    try:
+        deadline = time.monotonic() + 180
+        first = None
+        while first is None or "epoch 2 done" not in run_cli("logs", first, cwd=project).stdout:
+            assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
+            first = next((d.name for d in runs.iterdir()), None) if runs.is_dir() else None
+            time.sleep(0.3)
+        down.touch()  # the host goes away: no new connection, and the client's are cut
+        for pid in _descendants(proc.pid):
+            if b"socat" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(2)
+        assert docker("kill", *containers_of(first)).returncode == 0  # ... and reboots
+        time.sleep(5)
+        assert [d.name for d in runs.iterdir()] == [first]  # no retry while nobody can tell
+        assert proc.poll() is None
+        down.unlink()  # it answers again
+        _, err = proc.communicate(timeout=300)
+    finally:
+        down.unlink(missing_ok=True)
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert f"run {first}: its target did not answer" in err
+    assert f"run {first} ended LOST" in err and "from its checkpoint" in err, err
+    (second,) = [d.name for d in runs.iterdir() if d.name != first]
+    done1 = _epochs(run_cli("logs", first, cwd=project).stdout)
+    done2 = _epochs(run_cli("logs", second, cwd=project).stdout)
+    assert sorted(done1 + done2) == [1, 2, 3, 4, 5, 6, 7, 8], (done1, done2)  # none twice
+    assert containers_of(first) == [] and containers_of(second) == []
+
+
+def _descendants(pid: int) -> list[int]:
+    """The processes below ``pid`` (the client's ProxyCommand connections)."""
+    from runner.proc import proc_stat
+
+    kids: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                ppid = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            kids.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        for k in kids.get(todo.pop(), []):
+            if proc_stat(k) is not None:
+                out.append(k)
+                todo.append(k)
+    return out
