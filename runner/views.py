@@ -121,7 +121,9 @@ def runs_table(runs: Runs, *, limit: int | None, states: tuple[RunState, ...] = 
         t.add_column(col, no_wrap=col != "metrics")
     for r in records:
         model = RunDir(r.run_dir).meta().get("model_description", r.model)
-        t.add_row(r.id, _state(r.state.value), r.target, model, key_metrics(r.summary), age(r.created))
+        how = (f" (attempt {r.attempt})" if r.attempt > 1 else " (resumed)") if r.parent else ""
+        t.add_row(r.id, _state(r.state.value) + how, r.target, model, key_metrics(r.summary),
+                  age(r.created))
     console().print(t)
     if total is not None:
         _note(f"showing {len(records)} of {total}; `-n 0` for all")

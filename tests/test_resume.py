@@ -99,6 +99,7 @@ def test_cancel_saves_a_checkpoint_and_resume_runs_only_the_remaining_epochs(pro
     shown = run_cli("show", second, cwd=project).stdout
     assert f"continues   {first} (resumed" in shown or f"{first} (resumed" in shown
     assert second in run_cli("show", first, cwd=project).stdout  # "continued by"
+    assert "SUCCEEDED (resumed)" in run_cli("runs", cwd=project).stdout
     # the learning curve goes on: steps 1..5, each once
     metrics = [json.loads(x) for x in
                (project / ".runner" / "runs" / second / "metrics.jsonl").read_text().splitlines()]
@@ -150,7 +151,7 @@ def test_a_killed_worker_is_retried_from_its_checkpoint(project: Path) -> None:
     assert sorted(done1 + done2) == [1, 2, 3, 4], (done1, done2)
     assert _ledger(project, second[0])["attempt"] == 2
     listing = run_cli("runs", cwd=project).stdout
-    assert "LOST" in listing and "SUCCEEDED" in listing
+    assert "LOST" in listing and "SUCCEEDED (attempt 2)" in listing
     shown = run_cli("show", second[0], cwd=project).stdout
     assert f"{first} (retry, attempt 2" in shown
 
@@ -247,3 +248,21 @@ def test_resume_says_which_values_changed_in_the_config_files_since(project: Pat
     assert res.returncode == 0, res.stderr
     assert "note: the config files changed since run" in res.stderr
     assert "target.cancel_grace: 5 -> 7" in res.stderr and "model.args" not in res.stderr
+
+
+def test_a_resumed_cnn_curve_starts_with_the_epochs_its_checkpoint_holds(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from runner.models.sentiment_cnn.checkpoints import history_so_far
+
+    ctx = SimpleNamespace(run_dir=tmp_path, checkpoint_dir=tmp_path / "checkpoints")
+    names = ("loss", "val_loss")
+    assert history_so_far(ctx, 0, 0, names) == {}  # a fresh run: nothing before it
+    (tmp_path / "checkpoints" / "fold0").mkdir(parents=True)
+    (tmp_path / "checkpoints" / "fold0" / "training_metadata.json").write_text(
+        '{"epoch": 2, "batch": 0}')
+    recs = [("loss", 1, 0.9), ("val_loss", 1, 0.8), ("loss", 2, 0.7), ("val_loss", 2, 0.6),
+            ("loss", 3, 0.5), ("epoch_seconds", 1, 3.0)]  # epoch 3 is not in the checkpoint
+    (tmp_path / "metrics.jsonl").write_text("".join(
+        json.dumps({"name": n, "step": s, "value": v}) + "\n" for n, s, v in recs) + "{half")
+    assert history_so_far(ctx, 0, 0, names) == {"loss": [0.9, 0.7], "val_loss": [0.8, 0.6]}

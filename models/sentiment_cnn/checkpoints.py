@@ -10,6 +10,8 @@ is being written; the epoch it interrupts is trained again by the run that resum
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterable
 from typing import Any
 
 from runner.model import ModelError, RunContext
@@ -35,3 +37,29 @@ def callbacks(keras: Any, ctx: RunContext, fold: int) -> list[Any]:
             self._check(f"after epoch {epoch + 1} (saved)")
 
     return [backup, StopOnRequest()]
+
+
+def history_so_far(ctx: RunContext, fold: int, step0: int, names: Iterable[str]
+                   ) -> dict[str, list[float]]:
+    """The per-epoch metrics of the epochs the fold's checkpoint holds, as the run's
+    ``metrics.jsonl`` (its parent's copy) recorded them: a resumed run's learning curve
+    starts with them. Empty for a fresh run."""
+    try:
+        meta = json.loads((ctx.checkpoint_dir / f"fold{fold}" / "training_metadata.json")
+                          .read_text())
+        done = int(meta["epoch"])
+        lines = (ctx.run_dir / "metrics.jsonl").read_text().splitlines()
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+    wanted = set(names)
+    seen: dict[tuple[str, int], float] = {}
+    for line in lines:
+        try:
+            m = json.loads(line)
+        except ValueError:
+            continue
+        if m.get("name") in wanted and isinstance(m.get("step"), int):
+            seen[(m["name"], m["step"])] = float(m["value"])
+    steps = range(step0 + 1, step0 + done + 1)
+    return {n: [seen[(n, s)] for s in steps] for n in sorted(wanted)
+            if all((n, s) in seen for s in steps) and done > 0}

@@ -257,8 +257,9 @@ def train(c: SentimentCNNConfig, spec: datasets.DataSpec, ctx: RunContext) -> in
         if fold.number:
             keras.utils.set_random_seed(ctx.seed + fold.number)
         model = build(keras, c, fold.vocabulary.num_words, None if c.bucket_by_length else c.maxlen)
-        history: dict[str, list[float]] = {}
         step0 = (fold.number - 1) * c.epochs if fold.number else 0
+        # a resumed run's curve starts with the epochs its checkpoint holds
+        history = checkpoints.history_so_far(ctx, fold.number, step0, _EPOCH_METRICS)
         recorder = _recorder(keras, ctx, sizes["train"], step0, history)
         saving = checkpoints.callbacks(keras, ctx, fold.number)  # after the recorder
         if c.bucket_by_length:
