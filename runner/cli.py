@@ -64,6 +64,9 @@ def _parser() -> argparse.ArgumentParser:
     rs.add_argument("run", help="run id, a unique prefix or suffix of one, or 'last'")
     rs.add_argument("--detach", "-d", action="store_true", help="return once the run has started")
     rs.add_argument("overrides", nargs="*", help="Hydra overrides (key=value)")
+    wa = add("watch", "wait until a run ends and retry it as its retries say (submit --detach "
+             "starts this in the background for a run with retries)")
+    wa.add_argument("run", help="run id, a unique prefix or suffix of one, or 'last'")
     pr = add("prepare", "make the env of a composed config ready on its target (cached by content)",
              epilog=HYDRA_FLAGS_HELP, formatter_class=fmt)
     pr.add_argument("overrides", nargs=argparse.REMAINDER, help="Hydra overrides and flags")
@@ -228,6 +231,12 @@ def cmd_resume(args: argparse.Namespace) -> int:
     from runner import resume
 
     return resume.resume(_ctx(args), args)
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    from runner import resume
+
+    return resume.watch(_ctx(args), args)
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
@@ -517,6 +526,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "submit": cmd_submit,
     "prepare": cmd_prepare,
     "resume": cmd_resume,
+    "watch": cmd_watch,
     "runs": cmd_runs,
     "show": cmd_show,
     "logs": cmd_logs,

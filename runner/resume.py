@@ -109,6 +109,90 @@ def follow(runs: Runs, plan: Plan, rec: RunRecord, handle: RunHandle, prefix: st
     return rec.id, st
 
 
+#: seconds between two looks at a watched run (``runner watch``)
+WATCH_POLL_S = 2.0
+#: in the run directory: what the background watcher of a detached run printed
+WATCH_LOG = "watch.txt"
+
+
+def spawn_watcher(runs: Runs, run_id: str) -> int:
+    """Start ``runner watch RUN`` in the background, in a session of its own (it outlives
+    this client), from the current folder (relative paths resolve as they did); its output
+    goes to ``watch.txt`` in the run directory. Returns its PID."""
+    import os
+    import subprocess
+
+    from runner.rundir import RunDir
+
+    rd = RunDir(runs.store.get(run_id).run_dir)
+    with open(rd.path / WATCH_LOG, "ab") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "runner.cli", "watch", run_id],
+                                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True, env=dict(os.environ))
+    return proc.pid
+
+
+def wait_quietly(runs: Runs, rec: RunRecord, handle: RunHandle, patience: float) -> RunStatus:
+    """Wait for the run to end without printing its log; a target that does not answer is
+    asked again every ``patience`` seconds (the run keeps its last known state meanwhile)."""
+    noted = False
+    while True:
+        try:
+            st = handle.status()
+        except Exception as e:  # noqa: BLE001 - an outage: ask again later
+            if not noted:
+                _err(f"run {rec.id}: its target did not answer ({str(e).splitlines()[0]}); "
+                     f"asked again every {patience:g}s")
+                noted = True
+            time.sleep(patience)
+            continue
+        if st.terminal:
+            runs.finish(rec.id, st)
+            return st
+        time.sleep(WATCH_POLL_S)
+
+
+def watch(ctx: CommandContext, args: argparse.Namespace) -> int:
+    """``runner watch RUN``: wait until the run ends, and retry it as its ``retries`` say
+    (what ``runner submit --detach`` starts in the background for a run with retries)."""
+    from runner.compose import compose_and_run
+    from runner.rundir import RunDir
+    from runner.submit import final_line
+
+    runs = ctx.runs
+    rec = runs.store.resolve(args.run)
+    meta = RunDir(rec.run_dir).meta()
+    outcome: dict[str, int] = {"code": 0}
+
+    def task(job: ComposedJob) -> Any:
+        nonlocal rec
+        plan = runs.plan(job.cfg, job.overrides, job.choices)
+        policy = RetryPolicy.of(plan)
+        patience = min(30.0, max(1.0, policy.backoff))
+        handle = runs.handle(rec)
+        if handle is None:
+            raise UserError(f"run {rec.id} was never started on its target: nothing to watch.")
+        _err(f"watching run {rec.id} (retries: {policy.retries})")
+        st = wait_quietly(runs, rec, handle, patience)
+        while policy.wants(st, rec.attempt):
+            rd = RunDir(rec.run_dir)
+            wait = policy.delay(rec.attempt)
+            _err(f"run {rec.id} ended {st.state.value}: {st.message}; attempt "
+                 f"{rec.attempt + 1} of {policy.retries + 1} in {wait:g}s")
+            time.sleep(wait)
+            rec, spec = runs.record(plan, sweep_id=rec.sweep_id, job_key=rec.job_key,
+                                    code_from=rd.code,
+                                    code_manifest=rd.meta().get("code_manifest"),
+                                    parent=rec, attempt=rec.attempt + 1)
+            _err(f"run {rec.id}: attempt {rec.attempt}, continues {rec.parent}")
+            handle = runs.launch(plan, spec)
+            st = wait_quietly(runs, rec, handle, patience)
+        outcome["code"] = final_line(runs, rec.id, st)
+
+    compose_and_run(list(meta.get("overrides") or []), task, runs)
+    return outcome["code"]
+
+
 def override_key(text: str) -> str:
     """The key an override sets (``+a.b=1`` and ``a.b=2`` both set ``a.b``)."""
     return text.split("=", 1)[0].lstrip("+~")
@@ -222,6 +306,9 @@ def resume(ctx: CommandContext, args: argparse.Namespace) -> int:
             f"env {plan.env.name}: {p.reason} [{p.env_key}]"))
         if args.detach:
             _err(f"started; follow with: runner logs {rec.id} -f")
+            if policy.retries:
+                _err(f"retries: {policy.retries}, by a watcher in the background (pid "
+                     f"{spawn_watcher(runs, rec.id)}; its notes: {rec.run_dir / WATCH_LOG})")
             return rec.id
         last, st = follow(runs, plan, rec, handle, policy=policy)
         outcome["code"] = final_line(runs, last, st)

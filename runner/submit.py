@@ -30,7 +30,7 @@ def _err(text: str) -> None:
 def submit(ctx: CommandContext, args: argparse.Namespace) -> int:
     """Run each composed job (a sweep with ``-m``); the exit code says how they ended."""
     from runner.compose import compose_and_run
-    from runner.resume import RetryPolicy, follow
+    from runner.resume import WATCH_LOG, RetryPolicy, follow, spawn_watcher
     from runner.sweep import JobFailed, Sweep, SweepCancelled
 
     runs = ctx.runs
@@ -53,6 +53,9 @@ def submit(ctx: CommandContext, args: argparse.Namespace) -> int:
             f"{prefix}env {plan.env.name}: {p.reason} [{p.env_key}]"))
         if args.detach:
             _err(f"{prefix}started; follow with: runner logs {rec.id} -f")
+            if policy.retries:  # someone must be there to retry it: a watcher of its own
+                _err(f"{prefix}retries: {policy.retries}, by a watcher in the background (pid "
+                     f"{spawn_watcher(runs, rec.id)}; its notes: {rec.run_dir / WATCH_LOG})")
             return rec.id
         last, st = follow(runs, plan, rec, handle, prefix, policy)  # with its retries, if any
         outcome["code"] = max(outcome["code"], final_line(runs, last, st, prefix))

@@ -266,3 +266,33 @@ def test_a_resumed_cnn_curve_starts_with_the_epochs_its_checkpoint_holds(tmp_pat
     (tmp_path / "metrics.jsonl").write_text("".join(
         json.dumps({"name": n, "step": s, "value": v}) + "\n" for n, s, v in recs) + "{half")
     assert history_so_far(ctx, 0, 0, names) == {"loss": [0.9, 0.7], "val_loss": [0.8, 0.6]}
+
+
+def test_a_detached_run_is_retried_by_its_watcher(project: Path) -> None:
+    """Nobody watches a detached run, so submit starts a watcher of its own in the background:
+    it retries the run when it is lost, and ends with it."""
+    from runner.proc import proc_stat
+
+    (project / "epochs.py").write_text(EPOCHS)
+    r = run_cli("submit", "--detach", "model=script", "model.path=epochs.py",
+                "model.args=[4,0.5]", "retries=1", "target.retry_backoff=0.2", cwd=project)
+    assert r.returncode == 0, r.stderr
+    first = _run_id(r.stderr)
+    watcher = int(re.search(r"watcher in the background \(pid (\d+)", r.stderr).group(1))
+    _wait_for_line(project, first, "epoch 2 done")
+    worker = json.loads((project / ".runner" / "runs" / first / "worker.json").read_text())["pid"]
+    os.killpg(worker, signal.SIGKILL)
+    deadline = time.monotonic() + 90
+    while "SUCCEEDED (attempt 2)" not in run_cli("runs", cwd=project).stdout:
+        assert time.monotonic() < deadline, (project / ".runner" / "runs" / first / "watch.txt").read_text()
+        time.sleep(0.5)
+    (second,) = [d.name for d in (project / ".runner" / "runs").iterdir() if d.name != first]
+    done = _epochs(run_cli("logs", first, cwd=project).stdout) + _epochs(
+        run_cli("logs", second, cwd=project).stdout)
+    assert sorted(done) == [1, 2, 3, 4], done
+    notes = (project / ".runner" / "runs" / first / "watch.txt").read_text()
+    assert f"run {first} ended LOST" in notes and f"run {second} SUCCEEDED" in notes, notes
+    deadline = time.monotonic() + 30
+    while (st := proc_stat(watcher)) is not None and st.state not in ("Z", "X"):
+        assert time.monotonic() < deadline, "the watcher outlived its run"
+        time.sleep(0.2)
