@@ -72,6 +72,29 @@ def test_a_killed_container_is_retried_from_its_checkpoint(project: Path) -> Non
     assert containers_of(first) == [] and containers_of(second) == []
 
 
+def test_an_oom_killed_run_is_retried_only_when_asked(project: Path) -> None:
+    """The first attempt saves a checkpoint, then outgrows the container's memory; with
+    ``retry_oom=true`` the second finds the checkpoint and finishes with less."""
+    (project / "greedy.py").write_text(
+        "import os\n"
+        "ckpt = os.path.join(os.environ['RUNNER_CHECKPOINT_DIR'], 'half.txt')\n"
+        "if os.path.exists(ckpt):\n"
+        "    print('resumed from the checkpoint: the rest fits', flush=True)\n"
+        "else:\n"
+        "    open(ckpt, 'w').write('half')\n"
+        "    print('allocating', flush=True)\n"
+        "    x = b'1' * (400 << 20)\n")
+    args = ["target=local_docker", "env=docker_python", f"env.base_image={BASE}",
+            "model=script", "model.path=greedy.py", "target.memory=64m", "retries=1",
+            "target.retry_backoff=0.2"]
+    res = run_cli("submit", *args, cwd=project, timeout=300)
+    assert res.returncode == 1 and "out of memory" in res.stderr and "attempt 2" not in res.stderr
+    res = run_cli("submit", *args, "retry_oom=true", cwd=project, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert "ended OOM-killed; attempt 2 of 2" in res.stderr, res.stderr
+    assert "resumed from the checkpoint: the rest fits" in res.stdout
+
+
 # -- the remote testbed host (Docker over SSH) ---------------------------------------------------
 
 def _remote_problem() -> str | None:
