@@ -22,7 +22,7 @@ import json, os, signal, sys, time
 import runner
 
 epochs, secs = int(sys.argv[1]), float(sys.argv[2])
-ckpt = os.path.join(os.environ["RUNNER_CHECKPOINT_DIR"], "state.json")
+ckpt = os.path.join(runner.checkpoint_dir(), "state.json")  # $RUNNER_CHECKPOINT_DIR
 stop = []
 signal.signal(signal.SIGTERM, lambda *a: stop.append(1))
 done = json.load(open(ckpt))["epoch"] if os.path.exists(ckpt) else 0
