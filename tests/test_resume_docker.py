@@ -112,7 +112,8 @@ def test_on_the_ssh_host_a_cancel_saves_resume_ships_the_checkpoint_and_a_kill_i
         project: Path, tmp_path: Path) -> None:
     from tests.test_remote_docker import _target
 
-    _target(project, tmp_path / "remote-work", retry_backoff=0.2)
+    # slots: the test host is shared; a run of another suite there must not hold this one up
+    _target(project, tmp_path / "remote-work", retry_backoff=0.2, slots=4)
     (project / "epochs.py").write_text(EPOCHS)
     remote = ["target=box", "env=docker_python", "model=script", "model.path=epochs.py"]
     r = run_cli("submit", "--detach", *remote, "model.args=[6,1.5]", cwd=project, timeout=300)
@@ -180,7 +181,7 @@ def test_a_host_that_goes_away_is_waited_for_then_the_run_is_retried_once(
     (project / "conf" / "target" / "gonebox.yaml").write_text(
         f"backend: remote_docker\nhost: gonebox\nssh_config: {ssh_config}\n"
         f"work_dir: {tmp_path / 'remote-work'}\nbase_image: {BASE}\ncancel_grace: 3\n"
-        "connect_timeout: 5\nretry_backoff: 1\n")
+        "connect_timeout: 5\nretry_backoff: 1\nslots: 4\n")
     (project / "epochs.py").write_text(EPOCHS)
     proc = subprocess.Popen(
         [sys.executable, "-m", "runner.cli", "submit", "target=gonebox", "env=docker_python",
