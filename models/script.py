@@ -36,6 +36,7 @@ class ScriptModel(Model):
     name = "script"
     Config = ScriptConfig
     runs_in_subprocess = True
+    reads_data_config = False
     graceful_stop = True  # the script gets the signal and decides (see run())
 
     def describe(self) -> str:

@@ -74,6 +74,42 @@ class KeyRefused(UserError):
         self.where = where  # user@host:port as resolved
 
 
+def _proxy_command_class() -> type:
+    """paramiko's ProxyCommand, except that the proxy's end (its stdout at EOF: the proxy died
+    or its network went away) reads as a closed socket. paramiko's own keeps polling a pipe
+    at EOF until its timeout, so the transport never learns the connection is gone and every
+    command waits for its full timeout instead of being retried on a new connection."""
+    import select
+
+    import paramiko
+
+    class EofProxyCommand(paramiko.ProxyCommand):  # type: ignore[misc]
+        def recv(self, size: int) -> bytes:
+            out = bytearray()
+            deadline = None if self.timeout is None else time.monotonic() + self.timeout
+            try:
+                while len(out) < size:
+                    wait = None if deadline is None else deadline - time.monotonic()
+                    if wait is not None and wait <= 0:
+                        if out:
+                            break
+                        raise TimeoutError()
+                    ready, _, _ = select.select([self.process.stdout], [], [], wait)
+                    if not ready:
+                        continue
+                    chunk = os.read(self.process.stdout.fileno(), size - len(out))
+                    if not chunk:  # EOF: the proxy is gone; b"" is how a socket says so
+                        break
+                    out += chunk
+            except TimeoutError:  # the transport's poll: nothing yet (an OSError since 3.10)
+                raise
+            except OSError as e:
+                raise paramiko.ProxyCommandFailure(" ".join(self.cmd), e.strerror) from e
+            return bytes(out)
+
+    return EofProxyCommand
+
+
 class ConnectionLost(Exception):
     """The SSH connection dropped while a command ran (the command's outcome is unknown)."""
 
@@ -171,8 +207,16 @@ class Session:
                 raise UserError(f"SSH key {key} does not exist.",
                                 "pass the private key file (not the .pub) with --key / target.key.")
             connect_kwargs["key_filename"] = [str(key)]
-        return Connection(s.host, user=s.user or None, port=s.port or None, config=config,
-                          connect_timeout=int(s.connect_timeout), connect_kwargs=connect_kwargs)
+        class _Connection(Connection):  # type: ignore[misc]
+            def open_gateway(self) -> Any:
+                sock = super().open_gateway()
+                proxy = _proxy_command_class()
+                if isinstance(sock, proxy.__mro__[1]):  # a ProxyCommand: see the EOF above
+                    sock.__class__ = proxy
+                return sock
+
+        return _Connection(s.host, user=s.user or None, port=s.port or None, config=config,
+                           connect_timeout=int(s.connect_timeout), connect_kwargs=connect_kwargs)
 
     def connect(self, *, password: str | None = None) -> Any:
         """Open the connection (if not open); turn every way of failing into a clear UserError.

@@ -69,9 +69,8 @@ def compose_and_run(argv: Sequence[str], task: Task, runs: Runs, sweep: Sweep | 
     store_plugin_configs(runs.registry, runs.dirs)
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra's exceptions reach us unchanged
     os.environ.setdefault("RUNNER_HYDRA_SWEEP_DIR", str(runs.store.home / "hydra"))
-    from hydra_plugins.runner_launcher.runner_launcher import attach, ensure_registered
+    from hydra_plugins.runner_launcher.runner_launcher import attach
 
-    ensure_registered()
     user_conf = _user_conf(runs.project_root, package_conf_dir())
     if _is_plain(args):
         _compose_once(args, task, package_conf_dir(), user_conf)
@@ -82,9 +81,59 @@ def compose_and_run(argv: Sequence[str], task: Task, runs: Runs, sweep: Sweep | 
     task_function = _task_function(task, failed)
     if sweep is not None:
         attach(task_function, sweep)
-    _run_app(task_function, package_conf_dir(), args)
+    try:
+        _run_app(task_function, package_conf_dir(), args)
+    except Exception as e:
+        err = as_user_error(e)
+        if err is None:
+            raise
+        raise _in_group_sweep(err, args) from e
     if failed:
         raise failed[0]
+
+
+def compose_aside(overrides: Sequence[str], runs: Runs) -> ComposedJob:
+    """Compose the runner's own config for ``overrides`` while another Hydra app runs in this
+    process (a user's ``@hydra.main`` app whose sweep the ``runner`` launcher dispatches).
+
+    Hydra's global state (the app's ConfigStore, its initialized Hydra, its current config,
+    OmegaConf's resolvers) is set aside and restored afterwards, so neither config sees the
+    other's groups."""
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.singleton import Singleton
+
+    from runner.config import package_conf_dir, store_plugin_configs
+    from runner.secrets import check_overrides
+
+    check_overrides(list(overrides))
+    state = Singleton.get_state()
+    out: list[ComposedJob] = []
+    try:
+        GlobalHydra.instance().clear()
+        store_plugin_configs(runs.registry, runs.dirs)
+        _compose_once(list(overrides), out.append, package_conf_dir(),
+                      _user_conf(runs.project_root, package_conf_dir()))
+    finally:
+        Singleton.set_state(state)
+    return out[0]
+
+
+def _in_group_sweep(err: UserError, args: Sequence[str]) -> UserError:
+    """Add to a key error in a sweep over a group's options (``target=local,gpubox``) that a
+    key one option has may not exist in another (Hydra checks every job before any runs)."""
+    if not any(a in ("-m", "--multirun") for a in args):
+        return err
+    from runner.config import GROUPS
+
+    swept = [o.key_or_group for o in _parse([a for a in args if not a.startswith("-")])
+             if o.is_sweep_override() and o.key_or_group in GROUPS]
+    for group in swept:
+        if f"'{group}." in err.message or f" {group}." in err.message:
+            err.hints.append(
+                f"this sweep runs each {group} it lists; a key one {group} has may be missing in "
+                f"another: set it in that {group}'s own file (conf/{group}/NAME.yaml) instead of "
+                "on the sweep's command line")
+    return err
 
 
 #: Hydra's flags that each ask for a different thing: at most one of them on a line
@@ -138,7 +187,7 @@ def _compose_once(overrides: list[str], task: Task, config_dir: Path, user_conf:
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict, read_write
 
-    extra = [f"hydra.searchpath=[{_quoted('file://' + str(user_conf))}]"] if user_conf else []
+    extra = [f"hydra.searchpath=[{quoted('file://' + str(user_conf))}]"] if user_conf else []
     job_name = __name__.rpartition(".")[2]  # as a Hydra app names it: its task function's module
     with initialize_config_dir(config_dir=str(config_dir), job_name=job_name,
                                version_base=VERSION_BASE):
@@ -166,7 +215,7 @@ def _overrides_as_typed(node: Any) -> list[str]:
     return [str(o) for o in OmegaConf.to_container(node, resolve=False)]  # type: ignore[union-attr]
 
 
-def _quoted(text: str) -> str:
+def quoted(text: str) -> str:
     """``text`` as a quoted string of Hydra's override grammar."""
     return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
@@ -223,14 +272,14 @@ def as_user_error(e: BaseException) -> UserError | None:
     if mod.startswith("yaml"):
         return UserError(f"malformed YAML: {_yaml_where(e)}")
     if mod.startswith("omegaconf"):
-        unset = _unset_env_var(e)
+        unset = unset_env_var(e)
         if unset is not None:
             return unset
         return _lines_error(str(e))
     return None
 
 
-def _unset_env_var(e: BaseException) -> UserError | None:
+def unset_env_var(e: BaseException) -> UserError | None:
     """The error for ``${oc.env:VAR}`` of a variable that is not set."""
     import re
 
@@ -291,7 +340,14 @@ def _hydra_error(e: BaseException) -> UserError:
         # a value the key's schema refuses: Hydra's line names the override, OmegaConf's the key
         problem = str(cause.msg).splitlines()[0] if cause.msg else type(cause).__name__
         where = f"key: {cause.full_key}" if cause.full_key else ""
-        return UserError(f"{str(e).strip().splitlines()[0]}: {problem}", where)
+        hints = [where]
+        if "index out of range" in problem and cause.full_key:
+            # ``model.args.0=1`` where the list is shorter: the element does not exist yet
+            lst = str(cause.full_key).rsplit("[", 1)[0]
+            hints.append(f"{lst} has no such element: give the whole list first "
+                         f"('{lst}=[a,b]'), then sweep an element ('{lst}.0=1,2'), or sweep "
+                         f"whole lists ('{lst}=[1,b],[2,b]')")
+        return UserError(f"{str(e).strip().splitlines()[0]}: {problem}", *hints)
     if cause is not None and type(cause).__module__.startswith("yaml"):
         return UserError(f"malformed YAML: {_yaml_where(cause)}")
     # Hydra gives no structured data for its other errors: its message, one line a hint

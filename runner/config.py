@@ -8,13 +8,19 @@ does not know is an error naming the key, the file and the valid keys.
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
+from omegaconf.errors import (
+    ConfigKeyError,
+    InterpolationKeyError,
+    InterpolationResolutionError,
+    OmegaConfBaseException,
+)
 
 from runner.backend import Backend, BackendConfig, EnvSpec
 from runner.errors import UserError
@@ -72,34 +78,72 @@ def options(group: str, dirs: list[Path]) -> list[str]:
 
 
 def _from_line(key: str, overrides: Sequence[str]) -> str | None:
-    """The command-line override that set ``key``, if one did."""
+    """The command-line override that set ``key`` or a section holding it (``model.args``
+    for ``model.args[0]``), if one did."""
+    found: tuple[int, str] | None = None
     for o in overrides:
         k, sep, _ = o.partition("=")
-        if sep and k.lstrip("+~") == key:
-            return o
-    return None
+        k = k.lstrip("+~")
+        if not sep or k in GROUPS:  # a group choice (model=script) sets no value itself
+            continue
+        if (k == key or key.startswith((f"{k}.", f"{k}["))) and (found is None or len(k) > found[0]):
+            found = (len(k), o)
+    return found[1] if found else None
+
+
+def _full_key(prefix: str, key: Any) -> str:
+    """``key`` as a full key of the composed config (errors raised while resolving in the
+    whole config's context already name it in full)."""
+    key = str(key)
+    return key if key == prefix or key.startswith((f"{prefix}.", f"{prefix}[")) else f"{prefix}.{key}"
 
 
 def _validate(schema: type, node: Any, *, what: str, path: str, prefix: str,
               overrides: Sequence[str] = ()) -> Any:
-    """Merge ``node`` into the structured ``schema``; return the dataclass instance. An error
-    names the command-line override when the bad value came from there, else ``path``."""
+    """Merge ``node`` into the structured ``schema``; return the dataclass instance.
+
+    A section of the composed config is resolved in the context of the whole config first,
+    so ``${seed}`` or a swept ``${a}`` in ``model.args`` means what it means to Hydra (a
+    section merged on its own would lose every key outside it). An error names the
+    command-line override when the bad value came from there, else ``path``."""
     try:
+        if isinstance(node, DictConfig) and node._get_parent() is not None:
+            node = OmegaConf.to_container(node, resolve=True)
         merged = OmegaConf.merge(OmegaConf.structured(schema), node)
         return OmegaConf.to_object(merged)
     except ConfigKeyError as e:
         valid = [f.name for f in dataclasses.fields(schema)]
-        line = _from_line(f"{prefix}.{e.key}", overrides)
+        key = _full_key(prefix, e.key)
+        line = _from_line(key, overrides)
         raise UserError(
-            f"{f'the command line ({line})' if line else path}: key '{prefix}.{e.key}' is not "
+            f"{f'the command line ({line})' if line else path}: key '{key}' is not "
             f"valid for {what}.",
             f"valid keys: {', '.join(valid)}",
         ) from None
+    except InterpolationResolutionError as e:
+        from runner.compose import unset_env_var
+
+        unset = unset_env_var(e)
+        if unset is not None:
+            raise unset from None
+        key = _full_key(prefix, getattr(e, "full_key", None) or prefix)
+        line = _from_line(key, overrides)
+        msg = str(e.msg if e.msg else e).splitlines()[0]
+        hint = ("a key outside a section is read by its full name from the top of the config "
+                "(${seed}, ${data.path}); add a new one on the command line with +NAME=VALUE")
+        if isinstance(e, InterpolationKeyError) and e.msg:
+            m = re.search(r"Interpolation key '([^']+)' not found", e.msg)
+            if m:
+                hint = (f"the config has no key '{m.group(1)}': add it on the command line "
+                        f"(+{m.group(1)}=VALUE, or +{m.group(1)}=1,2 with -m), or fix the name")
+        raise UserError(f"{f'the command line ({line})' if line else path}: key '{key}': {msg}",
+                        hint) from None
     except OmegaConfBaseException as e:
         msg = str(e).splitlines()[0]
-        key = getattr(e, "full_key", None) or getattr(e, "key", None)
-        where = f"key '{prefix}.{key}': " if key else ""
-        line = _from_line(f"{prefix}.{key}", overrides) if key else None
+        raw_key = getattr(e, "full_key", None) or getattr(e, "key", None)
+        bad = _full_key(prefix, raw_key) if raw_key else None
+        where = f"key '{bad}': " if bad else ""
+        line = _from_line(bad, overrides) if bad else None
         raise UserError(f"{f'the command line ({line})' if line else path}: {where}{msg}") from None
 
 

@@ -219,6 +219,7 @@ class Runs:
             "sweep_id": sweep_id,
             "model_description": plan.model.describe(),
             "data_inputs": [d.record() for d in plan.data_inputs],
+            "reads_data": type(plan.model).reads_data_config or bool(plan.data_inputs),
             **({"parent": parent.id, "attempt": attempt} if parent else {}),
         }, hidden))
         if parent is not None:

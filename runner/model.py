@@ -76,6 +76,10 @@ class Model(ABC):
     #: user's working directory, checks and hashes them on the client, stages them on the
     #: target, and hands the model the in-target path in ``ctx.data[KEY]``.
     data_paths: ClassVar[Mapping[str, str]] = {"path": "any"}
+    #: False when the model reads nothing of the ``data`` config but the paths of
+    #: :attr:`data_paths` (a user's script): a run that was given none has no data, whatever
+    #: the default data choice, and ``runner show`` says so
+    reads_data_config: ClassVar[bool] = True
     #: True when the model stops by itself on the stop signal (SIGTERM from a cancel): the
     #: worker then sets :attr:`RunContext.stop_requested` instead of interrupting
     #: :meth:`run`, and the model saves a checkpoint in :attr:`RunContext.checkpoint_dir` and

@@ -21,9 +21,13 @@ BUILTIN_PLUGINS = (
     "runner.plugins.remote_docker",
     "runner.plugins.ray",
     "runner.plugins.ledger",
+    "runner.plugins.mlflow_mirror",
+    "runner.plugins.plots",
+    "runner.plugins.tensorboard",
     "runner.plugins.notify",
     "runner.models.script",
     "runner.models.sentiment_cnn",
+    "runner.models.hydra_job",
 )
 ENTRY_POINT_GROUP = "runner.plugins"
 

@@ -82,6 +82,7 @@ def submit(ctx: CommandContext, args: argparse.Namespace) -> int:
     if not sweep.jobs:
         return outcome["code"]
     sweep.print_table()
+    sweep.report_optimum()
     return sweep.exit_code()
 
 

@@ -216,7 +216,7 @@ def _facts(rec: RunRecord, meta: dict[str, Any], worker: dict[str, Any]) -> list
         ("target", f"{rec.target} (backend {rec.backend})"),
         ("model", meta.get("model_description", rec.model)),
         ("env", f"{choices.get('env', '?')}  key {rec.env_key or '-'}"),
-        ("data", choices.get("data", "-")),
+        ("data", choices.get("data", "-") if meta.get("reads_data", True) else "-"),
         *[(f"data.{d['key']}", _data_line(d, worker)) for d in meta.get("data_inputs") or []],
         ("created", time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(rec.created))
          + f"  ({age(rec.created)}, ran {end - rec.created:.1f}s)"),

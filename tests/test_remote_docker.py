@@ -1085,3 +1085,105 @@ def test_a_final_status_the_worker_wrote_is_never_replaced_by_a_late_verdict(
     r = backend.session.run(f"cat {handle.remote_dir}/status.json", timeout=60)
     assert '"SUCCEEDED"' in r.stdout and "LOST" not in r.stdout
     assert RunDir(spec.run_dir).status().state == RunState.SUCCEEDED  # type: ignore[union-attr]
+
+
+def _children(pid: int) -> list[int]:
+    """Every live descendant of ``pid``."""
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            parents[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        kids = [c for c, pp in parents.items() if pp == p]
+        out += kids
+        todo += kids
+    return out
+
+
+def _drop_client_connection(cli_pid: int) -> bool:
+    """Cut the SSH connection of the CLI process ``cli_pid`` from outside, as a network would:
+    kill its ProxyCommand, or abort its TCP socket to the test host (``ss -K``)."""
+    killed = False
+    for pid in _children(cli_pid):
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"socat" in cmd:
+            os.kill(pid, signal.SIGKILL)
+            killed = True
+    if killed:
+        return True
+    listing = subprocess.run(["ss", "-tnpH", "dst", "127.0.0.1", "dport", "=", PORT],
+                             capture_output=True, text=True).stdout
+    for line in listing.splitlines():
+        if f"pid={cli_pid}," in line:
+            sport = line.split()[3].rsplit(":", 1)[1]
+            subprocess.run(["ss", "-K", "dst", "127.0.0.1", "dport", "=", PORT,
+                            "sport", "=", f":{sport}"], capture_output=True)
+            return True
+    return False
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("host", [LOOPBACK, NETNS or LOOPBACK], ids=["loopback", "proxycommand"])
+def test_a_dropped_connection_mid_submit_is_reopened_and_no_line_is_lost_or_repeated(
+        project: Path, work: Path, host: str) -> None:
+    """`runner submit` streaming a remote run while its SSH connection is cut twice (mid
+    command: the ProxyCommand killed, or the TCP socket aborted): the submit goes on over a
+    new connection, every log line arrives once, and the run is SUCCEEDED."""
+    (project / "conf" / "target").mkdir(parents=True)
+    (project / "conf" / "target" / "box.yaml").write_text(
+        f"defaults:\n  - /runner/target/remote_docker@_here_\n  - _self_\nhost: {host}\n"
+        f"ssh_config: {SSH_CONFIG}\nwork_dir: {work}\nbase_image: {BASE}\n")
+    (project / "ticks.py").write_text("import time\nfor i in range(60):\n"
+                                      "    print(f'tick {i}', flush=True)\n    time.sleep(0.1)\n")
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "runner.cli", "submit", "target=box", "env=docker_python",
+         "model=script", "model.path=ticks.py"], cwd=project, env=env, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    lines: list[str] = []
+    cuts = 0
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        lines.append(line.rstrip("\n"))
+        ticks = sum(1 for ln in lines if ln.startswith("tick"))
+        if (cuts == 0 and ticks >= 10) or (cuts == 1 and ticks >= 30):
+            cuts += _drop_client_connection(proc.pid)
+    err = proc.stderr.read() if proc.stderr else ""
+    assert proc.wait(timeout=300) == 0, err
+    assert cuts == 2
+    assert [ln for ln in lines if ln.startswith("tick")] == [f"tick {i}" for i in range(60)]
+    assert "SUCCEEDED" in err and "Traceback" not in err and "looks like a bug" not in err
+
+
+@pytest.mark.parametrize("host", [LOOPBACK, NETNS or LOOPBACK], ids=["loopback", "proxycommand"])
+def test_a_connection_cut_while_a_command_waits_is_reopened_and_the_command_rerun(
+        work: Path, host: str) -> None:
+    """The SSH layer under a long command (an upload, an image build): the connection dies
+    while the client waits for the answer. It must be seen as lost at once (a dead
+    ProxyCommand reads as EOF) and the command run again on a new connection, not left
+    waiting until the command's timeout."""
+    b = RemoteDockerBackend(config(work, host=host))
+    assert b.session.run("echo ready").stdout.strip() == "ready"
+    sock = b.session.connect().transport.sock  # taken now: the command holds the session
+    before = b.session.reconnects  # sessions are shared per host: count from here
+
+    def cut() -> None:
+        proc = getattr(sock, "process", None)
+        if proc is not None:
+            os.kill(proc.pid, signal.SIGKILL)
+        else:
+            sock.shutdown(socket.SHUT_RDWR)
+
+    threading.Timer(1.0, cut).start()
+    r = b.session.run("sleep 3; echo done", timeout=60)
+    assert (r.returncode, r.stdout.strip()) == (0, "done"), r.stderr
+    assert b.session.reconnects == before + 1

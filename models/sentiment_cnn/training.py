@@ -26,6 +26,7 @@ from runner.models.sentiment_cnn.vocab import Vocabulary, fit_length
 MODEL_FILE = "model.keras"
 CURVE_FILE = "learning_curve.png"
 PREDICTIONS_FILE = "test_predictions.tsv"
+TENSORBOARD_DIR = "tensorboard"  # under outputs/: the logs `runner tensorboard RUN` shows
 _EPOCH_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")
 
 
@@ -221,6 +222,17 @@ def _recorder(keras: Any, ctx: RunContext, n_train: int, step0: int, history: di
     return Recorder()
 
 
+def _tensorboard(keras: Any, out: Path, fold: int) -> list[Any]:
+    """Keras's TensorBoard callback writing into ``outputs/tensorboard`` (one folder per
+    cross-validation fold); none where it cannot write (it needs TensorFlow's summaries)."""
+    try:
+        import tensorflow  # noqa: F401  (the callback writes through tf.summary)
+    except ImportError:
+        return []
+    log_dir = out / TENSORBOARD_DIR / (f"fold{fold}" if fold else "")
+    return [keras.callbacks.TensorBoard(log_dir=str(log_dir), write_graph=False, profile_batch=0)]
+
+
 # -- a run ---------------------------------------------------------------------------------------
 
 def _load(c: SentimentCNNConfig, spec: datasets.DataSpec) -> datasets.Source:
@@ -261,15 +273,16 @@ def train(c: SentimentCNNConfig, spec: datasets.DataSpec, ctx: RunContext) -> in
         # a resumed run's curve starts with the epochs its checkpoint holds
         history = checkpoints.history_so_far(ctx, fold.number, step0, _EPOCH_METRICS)
         recorder = _recorder(keras, ctx, sizes["train"], step0, history)
-        saving = checkpoints.callbacks(keras, ctx, fold.number)  # after the recorder
+        board = _tensorboard(keras, out, fold.number)
+        saving = checkpoints.callbacks(keras, ctx, fold.number)  # after the others
         if c.bucket_by_length:
             model.fit(_bucketed(keras, fold.x_train, fold.y_train, c, ctx.seed + fold.number),
                       epochs=c.epochs, validation_data=(fold.x_val, fold.y_val), shuffle=False,
-                      callbacks=[recorder, *saving], verbose=c.verbose)  # the batches come shuffled
+                      callbacks=[recorder, *board, *saving], verbose=c.verbose)  # the batches come shuffled
         else:
             x_train = fit_length(fold.x_train, c.maxlen, c.padding, c.truncating)
             model.fit(x_train, fold.y_train, batch_size=c.batch_size, epochs=c.epochs,
-                      validation_data=(fold.x_val, fold.y_val), callbacks=[recorder, *saving],
+                      validation_data=(fold.x_val, fold.y_val), callbacks=[recorder, *board, *saving],
                       verbose=c.verbose)
         loss, acc = model.evaluate(fold.x_test, fold.y_test, batch_size=256, verbose=0)[:2]
         results.append((float(loss), float(acc)))

@@ -67,6 +67,22 @@ class Job:
         return self.state in (SKIPPED, RunState.SUCCEEDED.value)
 
 
+def _same_params(overrides: Sequence[str], params: dict[str, Any]) -> bool:
+    """True when a job's overrides set every one of ``params`` (numbers compared as numbers)."""
+    given = dict(o.split("=", 1) for o in overrides if "=" in o)
+    for key, want in params.items():
+        got = given.get(key)
+        if got is None:
+            return False
+        try:
+            if float(got) != float(want):
+                return False
+        except (TypeError, ValueError):
+            if got != str(want):
+                return False
+    return True
+
+
 class Sweep:
     """One sweep: its ledger record, its snapshot, its jobs, and the loop that runs them."""
 
@@ -97,13 +113,18 @@ class Sweep:
         self.cancelled = False
         self.failed_fast = False
         self._active: list[Job] = []  # started by add(), before run() took over
+        self.hydra_dir: Path | None = None  # Hydra's sweep folder (where sweepers write)
+        self.began = time.time()
         if sweep_id is not None:
             info = self.info()
             self.manifest_digest = info.get("manifest_digest")
 
     def configure(self, *, max_parallel: int | None = None, objective: str | None = None,
-                  show_logs: bool | None = None, poll: float | None = None) -> None:
+                  show_logs: bool | None = None, poll: float | None = None,
+                  hydra_dir: Path | None = None) -> None:
         """Apply the launcher's settings (``hydra.launcher.*``); None leaves one as it is."""
+        if hydra_dir is not None:
+            self.hydra_dir = hydra_dir
         if max_parallel is not None:
             self.capacity = Capacity(max_parallel)
         if objective is not None:
@@ -233,6 +254,16 @@ class Sweep:
             # start at once when there is room: the next jobs are recorded while it runs
             if not self.failed_fast and self.capacity.free(plan) and self._start(job):
                 self._active.append(job)
+        self.jobs.append(job)
+        return job
+
+    def add_invalid(self, num: int, overrides: list[str], error: UserError) -> Job:
+        """A job whose own config is wrong: FAILED at once with the error, no run made."""
+        job = Job(num=num, overrides=list(overrides), key="", state=RunState.FAILED.value,
+                  status=RunStatus(RunState.FAILED, message=error.message), ended=time.time())
+        hints = "".join(f"\n[job {num}]   {h}" for h in error.hints)
+        self._say(f"[job {num}] FAILED before a run was made ({self._label(job)}): "
+                  f"{error.message}{hints}")
         self.jobs.append(job)
         return job
 
@@ -414,6 +445,35 @@ class Sweep:
                 f"job {job.num}: run {job.run_id} logged no metric '{self.objective}' "
                 f"(hydra.launcher.objective); it logged: {', '.join(job.summary) or 'nothing'}.")
         return job.summary[self.objective]
+
+    def report_optimum(self) -> None:
+        """Say what an optimizing sweeper (Optuna) found, and keep its
+        ``optimization_results.yaml`` with the sweep (Hydra's sweep folder is shared by every
+        sweep of the project, so the next one would overwrite it)."""
+        import yaml
+
+        if self.hydra_dir is None or self.sweep_id is None:
+            return
+        src = self.hydra_dir / "optimization_results.yaml"
+        try:
+            if src.stat().st_mtime < self.began:
+                return
+            text = src.read_text()
+        except OSError:
+            return
+        dest = self.home / src.name
+        dest.write_text(text)
+        found = yaml.safe_load(text) or {}
+        what = self.objective or "value"
+        if isinstance(found.get("best_params"), dict):
+            params = {str(k): v for k, v in found["best_params"].items()}
+            job = next((j for j in self.jobs if _same_params(j.overrides, params)), None)
+            where = f" (job {job.num}, run {job.run_id})" if job is not None else ""
+            shown = " ".join(f"{k}={v}" for k, v in params.items())
+            self._say(f"best: {shown}: {what}={found.get('best_value')}{where}")
+        elif isinstance(found.get("solutions"), list):
+            self._say(f"best: {len(found['solutions'])} trade-offs of {what} (a Pareto front)")
+        self._say(f"the sweeper's results: {dest}")
 
     def exit_code(self) -> int:
         if self.cancelled:
