@@ -14,8 +14,19 @@ whole table at the end in the form of docs/RELIABILITY.md:
              tracebacks, wrong exit codes
   secrets    the secret routes: places (files under .runner/ and lines printed) where a
              unique secret value was found
+  dcancel    the cancel storm on the Docker targets (local_docker, and remote_docker on the
+             testbed's SSH host): runs cancelled, seconds, containers left
+  fulldisk   a run that fills the disk holding the project (ledger and run directories, a
+             1 MiB tmpfs): "bug" messages and runner tracebacks printed, the state recorded
+             once space is freed (FAILED with the reason, not LOST)
+  connkill   `runner submit` streaming a remote run while its SSH connection is cut (a killed
+             ProxyCommand, an aborted TCP socket) on both test hosts: log lines lost and
+             repeated, exit code, runs not SUCCEEDED
 
     python bench/drills.py [--submits 100] [--parallel 10] [--stubborn 20] [--grace 3]
+                           [--cuts 3] [--only NAME ...]
+
+The Docker and SSH drills need the testbed (scripts/testbed.sh up); without it they say so.
 """
 
 from __future__ import annotations
@@ -249,12 +260,162 @@ def drill_secrets(root: Path) -> dict[str, int]:
             "lines printed with it": printed, "files with it": on_disk}
 
 
+def _testbed() -> dict[str, str]:
+    sys.path.insert(0, str(Path(__file__).parent))
+    from _common import testbed
+
+    return testbed()
+
+
+def _remote_target(proj: Path, name: str, host: str, tb: dict[str, str], work: Path) -> None:
+    conf = proj / "conf" / "target"
+    conf.mkdir(parents=True, exist_ok=True)
+    (conf / f"{name}.yaml").write_text(
+        f"defaults:\n  - /runner/target/remote_docker@_here_\n  - _self_\nhost: {host}\n"
+        f"ssh_config: {tb['RUNNER_TEST_SSH_CONFIG']}\nwork_dir: {work}\nslots: 32\n"
+        f"base_image: {tb.get('RUNNER_BASE_IMAGE', 'runner-base:bookworm')}\n")
+
+
+def drill_docker_cancel(root: Path, n: int, grace: float) -> dict[str, object]:
+    """The cancel storm on both Docker targets: ``n`` runs that ignore SIGTERM each."""
+    tb = _testbed()
+    if "RUNNER_TEST_SSH_CONFIG" not in tb:
+        return {"skipped": "no testbed: scripts/testbed.sh up"}
+    proj = project(root, "dcancel")
+    hosts = tb.get("RUNNER_TEST_SSH_HOSTS", "").split()
+    _remote_target(proj, "box", hosts[0], tb, root / "dcancel-work")
+    (proj / "stubborn.py").write_text(
+        "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+        "print('holding', flush=True)\ntime.sleep(3600)\n")
+    base = tb.get("RUNNER_BASE_IMAGE", "runner-base:bookworm")
+    out: dict[str, object] = {}
+    for target in ("local_docker", "box"):
+        ids = []
+        for _ in range(n):
+            r = runner("submit", "--detach", f"target={target}", "env=docker_python",
+                       f"env.base_image={base}", "model=script", "model.path=stubborn.py",
+                       f"target.cancel_grace={grace}", cwd=proj)
+            ids.append(r.stderr.split("run ", 1)[1].split(":", 1)[0])
+        time.sleep(2)
+        t0 = time.perf_counter()
+        r = runner("cancel", *ids, cwd=proj, timeout=900)
+        took = time.perf_counter() - t0
+        from runner.plugins import _docker as dk
+
+        left = 0
+        for rid in ids:
+            ps = subprocess.run(["docker", "ps", "-q", "--filter", f"label={dk.L_RUN_ID}={rid}"],
+                                capture_output=True, text=True)
+            left += len(ps.stdout.split())
+        name = "local_docker" if target == "local_docker" else "remote_docker"
+        out[f"{name} cancelled"] = f"{r.stderr.count(': CANCELLED')} of {n}"
+        out[f"{name} seconds"] = round(took, 1)
+        out[f"{name} containers left"] = left
+    return out
+
+
+def _cut(cli_pid: int, port: str) -> bool:
+    """Cut the SSH connection of the CLI process ``cli_pid`` as a network would: kill its
+    ProxyCommand, or abort its TCP socket to the test host."""
+    from runner.proc import alive
+
+    kids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+                cmd = Path(f"/proc/{entry}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == cli_pid and b"socat" in cmd:
+                kids.append(int(entry))
+    for pid in kids:
+        if alive(pid):
+            os.kill(pid, signal.SIGKILL)
+    if kids:
+        return True
+    listing = subprocess.run(["ss", "-tnpH", "dst", "127.0.0.1", "dport", "=", port],
+                             capture_output=True, text=True).stdout
+    for line in listing.splitlines():
+        if f"pid={cli_pid}," in line:
+            sport = line.split()[3].rsplit(":", 1)[1]
+            subprocess.run(["ss", "-K", "dst", "127.0.0.1", "dport", "=", port, "sport", "=",
+                            f":{sport}"], capture_output=True)
+            return True
+    return False
+
+
+def drill_connkill(root: Path, cuts: int) -> dict[str, object]:
+    """``cuts`` connection kills during one streamed remote submit, on each test host."""
+    tb = _testbed()
+    hosts = tb.get("RUNNER_TEST_SSH_HOSTS", "").split()
+    if not hosts:
+        return {"skipped": "no testbed: scripts/testbed.sh up"}
+    proj = project(root, "connkill")
+    ticks = 40 * cuts
+    (proj / "ticks.py").write_text(f"import time\nfor i in range({ticks}):\n"
+                                   "    print(f'tick {i}', flush=True)\n    time.sleep(0.1)\n")
+    out: dict[str, object] = {}
+    for label, host in (("loopback", hosts[0]), ("proxycommand", hosts[-1])):
+        _remote_target(proj, label, host, tb, root / "connkill-work")
+        proc = subprocess.Popen([*RUNNER, "submit", f"target={label}", "env=docker_python",
+                                 "model=script", "model.path=ticks.py"], cwd=proj, text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        seen: list[str] = []
+        done = 0
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if line.startswith("tick"):
+                seen.append(line.strip())
+                if done < cuts and len(seen) >= (done + 1) * (ticks // (cuts + 1)):
+                    done += _cut(proc.pid, tb.get("RUNNER_TEST_SSH_PORT", "2322"))
+        err = proc.stderr.read() if proc.stderr else ""
+        code = proc.wait()
+        want = [f"tick {i}" for i in range(ticks)]
+        out[f"{label} cuts"] = done
+        out[f"{label} lines lost"] = len(set(want) - set(seen))
+        out[f"{label} lines repeated"] = len(seen) - len(set(seen))
+        out[f"{label} exit"] = code
+        out[f"{label} tracebacks"] = err.count("Traceback")
+    return out
+
+
+def drill_fulldisk(root: Path) -> dict[str, object]:
+    mnt = root / "fulldisk"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        return {"skipped": f"cannot mount a tmpfs: {r.stderr.strip()}"}
+    try:
+        proj = project(mnt, "proj")
+        (proj / "fill.py").write_text(
+            "import runner\nwith open(runner.outputs_dir() / 'big.bin', 'wb') as f:\n"
+            "    while True:\n        f.write(b'x' * 65536)\n")
+        sub = runner("submit", "model=script", "model.path=fill.py", cwd=proj)
+        listing = runner("runs", cwd=proj)
+        for big in (proj / ".runner" / "runs").glob("*/outputs/big.bin"):
+            big.unlink()
+        after = runner("runs", cwd=proj)
+        printed = sub.stderr + listing.stderr
+        return {"submit exit": sub.returncode, "'bug' messages": printed.count("looks like a bug"),
+                "runner tracebacks": printed.count("Traceback"),
+                "said no space left": int("no space left" in printed.lower()),
+                "state once freed": "FAILED" if "FAILED" in after.stdout else after.stdout.strip(),
+                "LOST": after.stdout.count("LOST")}
+    finally:
+        subprocess.run(["umount", str(mnt)], capture_output=True)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--submits", type=int, default=100)
     ap.add_argument("--parallel", type=int, default=10)
     ap.add_argument("--stubborn", type=int, default=20)
     ap.add_argument("--grace", type=float, default=3.0)
+    ap.add_argument("--cuts", type=int, default=3, help="connection kills per host (connkill)")
+    ap.add_argument("--docker-stubborn", type=int, default=6,
+                    help="runs per Docker target in the Docker cancel storm")
     ap.add_argument("--only", nargs="*", help="drills to run (default: all)")
     args = ap.parse_args()
     drills: dict[str, Callable[[Path], dict[str, object]]] = {
@@ -264,6 +425,9 @@ def main() -> int:
         "kill": drill_kill,
         "badinput": drill_bad_input,
         "secrets": drill_secrets,
+        "dcancel": lambda r: drill_docker_cancel(r, args.docker_stubborn, args.grace),
+        "connkill": lambda r: drill_connkill(r, args.cuts),
+        "fulldisk": drill_fulldisk,
     }
     results: dict[str, dict[str, object]] = {}
     with tempfile.TemporaryDirectory(prefix="runner-drills-") as tmp:

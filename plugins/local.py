@@ -30,7 +30,7 @@ from runner.environment import env_inputs, env_key, explain_miss
 from runner.errors import UserError
 from runner.proc import env_values, proc_stat
 from runner.request import DATA_DIR_ENV
-from runner.rundir import LocalDirHandleMixin, RunDir, lost_or_cancelled
+from runner.rundir import LocalDirHandleMixin, RunDir, disk_full, lost_or_cancelled
 
 
 @dataclass
@@ -102,9 +102,18 @@ class LocalHandle(LocalDirHandleMixin, RunHandle):
         if code is not None and code < 0:
             why += f" (killed by signal {-code})"
         final = lost_or_cancelled(self.rd, why)
+        if final.state == RunState.LOST and disk_full(self.rd.path):
+            # not lost: it could not record its end (nor, likely, go on) on a full disk
+            final = RunStatus(RunState.FAILED, message=(
+                f"the disk holding the run directory ({self.rd.path}) is full: the worker "
+                "could not record how the run ended; free space there (its log says more)"))
         if code is not None:
             final = RunStatus(final.state, exit_code=128 - code if code < 0 else code, message=final.message)
-        self.rd.write_status(final)
+        try:
+            self.rd.write_status(final)
+        except OSError as e:  # a full disk: the ledger still records it
+            print(f"warning: cannot write the final status of run {self.rd.path.name}: {e}",
+                  file=sys.stderr)
         return final
 
     def _strays(self) -> list[int]:

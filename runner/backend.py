@@ -16,7 +16,7 @@ from __future__ import annotations
 import enum
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -55,6 +55,9 @@ class Capability(enum.StrEnum):
     GPU = "gpu"  #: runs can be given GPUs (``gpus:`` in the target and env)
     VENV = "venv"  #: envs become virtualenvs on the target
     REMOTE = "remote"  #: runs execute on another machine than the client's
+    #: :meth:`Backend.submit_many` starts many runs as one submission (a Slurm job array),
+    #: with the target itself keeping at most ``max_parallel`` of them running
+    ARRAY = "array"
 
 
 #: Every capability there is (the values of :class:`Capability`).
@@ -286,6 +289,18 @@ class Backend(ABC):
     @abstractmethod
     def submit(self, spec: RunSpec, prepared: Prepared) -> RunHandle:
         """Start the worker on the run directory, detached, and return at once."""
+
+    def submit_many(self, items: Sequence[tuple[RunSpec, Prepared]], max_parallel: int | None
+                    ) -> list[RunHandle]:
+        """Start several prepared runs (the jobs of a sweep on this target) and return their
+        handles, in the order given, at once.
+
+        The default submits them one by one. Backends that declare :attr:`Capability.ARRAY`
+        submit them together (one job array) and let the target run at most
+        ``max_parallel`` at once (None = no limit); a sweep then hands them all over at once
+        instead of waiting for free slots.
+        """
+        return [self.submit(spec, prepared) for spec, prepared in items]
 
     def doctor(self) -> list[Check]:
         """Check that the target can run work (``runner doctor TARGET``): connectivity,

@@ -199,10 +199,17 @@ def _report(e: BaseException, debug: bool) -> int:
 
 
 def _as_user_error(e: BaseException) -> Any:
+    import errno
+
     from runner.errors import UserError
 
     if isinstance(e, UserError):
         return e
+    if isinstance(e, OSError) and e.errno == errno.ENOSPC:  # the machine's, not a bug
+        where = f" (writing {e.filename})" if e.filename else ""
+        return UserError(f"no space left on the device{where}.",
+                         "free space on that disk, then run the command again; `runner runs` "
+                         "shows what was recorded")
     if not type(e).__module__.startswith(("hydra", "omegaconf", "yaml")):
         return None  # not an error of configuration: no need to load Hydra to say so
     from runner.compose import as_user_error

@@ -10,7 +10,7 @@ import platform
 import socket
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -235,34 +235,61 @@ class Runs:
     def launch(self, plan: Plan, spec: RunSpec, *, on_prepared: Callable[[Prepared], None] | None = None
                ) -> RunHandle:
         """Prepare and submit a recorded run; a failure is recorded as FAILED and re-raised."""
-        rd = RunDir(spec.run_dir)
         try:
-            self.store.update(spec.run_id, state=RunState.PREPARING)
-            rd.write_status(RunStatus(RunState.PREPARING))
-            self.pm.hook.runner_before_prepare(spec=spec)
-            plan.backend.check_data(spec)
-            prepared = plan.backend.prepare(spec)
+            prepared = self._prepare(plan, spec)
             if on_prepared:
                 on_prepared(prepared)
-            self.store.update(spec.run_id, env_key=prepared.env_key)
             handle = plan.backend.submit(spec, prepared)
         except BaseException as e:
-            msg = e.message if isinstance(e, UserError) else f"{type(e).__name__}: {e}"
-            if isinstance(e, KeyboardInterrupt):
-                st = RunStatus(RunState.CANCELLED, message="cancelled before it started")
-            else:
-                st = RunStatus(RunState.FAILED, message=f"could not start: {msg}")
-            rd.write_status(st)
-            self.finish(spec.run_id, st)
+            self._failed_to_start(spec, e)
             raise
+        self._submitted(spec, handle)
+        return handle
+
+    def launch_many(self, plan: Plan, specs: Sequence[RunSpec], *, max_parallel: int | None = None
+                    ) -> list[RunHandle]:
+        """Prepare recorded runs of one target and submit them together
+        (:meth:`Backend.submit_many`); a failure is recorded as FAILED for every run that
+        did not start, and re-raised."""
+        items: list[tuple[RunSpec, Prepared]] = []
+        try:
+            for spec in specs:
+                items.append((spec, self._prepare(plan, spec)))
+            handles = plan.backend.submit_many(items, max_parallel)
+        except BaseException as e:
+            for spec in specs:
+                self._failed_to_start(spec, e)
+            raise
+        for spec, handle in zip(specs, handles, strict=True):
+            self._submitted(spec, handle)
+        return handles
+
+    def _prepare(self, plan: Plan, spec: RunSpec) -> Prepared:
+        self.store.update(spec.run_id, state=RunState.PREPARING)
+        RunDir(spec.run_dir).write_status(RunStatus(RunState.PREPARING))
+        self.pm.hook.runner_before_prepare(spec=spec)
+        plan.backend.check_data(spec)
+        prepared = plan.backend.prepare(spec)
+        self.store.update(spec.run_id, env_key=prepared.env_key)
+        return prepared
+
+    def _failed_to_start(self, spec: RunSpec, e: BaseException) -> None:
+        msg = e.message if isinstance(e, UserError) else f"{type(e).__name__}: {e}"
+        if isinstance(e, KeyboardInterrupt):
+            st = RunStatus(RunState.CANCELLED, message="cancelled before it started")
+        else:
+            st = RunStatus(RunState.FAILED, message=f"could not start: {msg}")
+        RunDir(spec.run_dir).write_status(st)
+        self.finish(spec.run_id, st)
+
+    def _submitted(self, spec: RunSpec, handle: RunHandle) -> None:
         self.store.update(spec.run_id, locator=handle.locator, state=RunState.RUNNING)
         # the run directory holds how to reattach too: a rebuilt ledger can follow the run
-        write_json_atomic(rd.path / LOCATOR_JSON, handle.locator)
+        write_json_atomic(RunDir(spec.run_dir).path / LOCATOR_JSON, handle.locator)
         try:
             self.pm.hook.runner_after_submit(spec=spec, handle=handle)
         except Exception as e:  # the run is already going; report, never kill it
             print(f"warning: a runner_after_submit hook failed: {e}", file=sys.stderr)
-        return handle
 
     # -- observing --------------------------------------------------------------
     def handle(self, record: RunRecord) -> RunHandle | None:

@@ -20,6 +20,7 @@ BUILTIN_PLUGINS = (
     "runner.plugins.local_docker",
     "runner.plugins.remote_docker",
     "runner.plugins.ray",
+    "runner.plugins.slurm",
     "runner.plugins.ledger",
     "runner.plugins.mlflow_mirror",
     "runner.plugins.plots",

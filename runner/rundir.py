@@ -23,6 +23,7 @@ client when it records what the worker could not (a kill, a loss).
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import stat
@@ -45,6 +46,19 @@ CANCEL = "cancel"
 CODE = "code"
 OUTPUTS = "outputs"
 CHECKPOINTS = "checkpoints"
+
+
+def disk_full(path: Path) -> bool:
+    """True when the file system holding ``path`` (or its nearest existing folder) has no room
+    left for a small file: a write there fails with "No space left on device"."""
+    p = Path(path)
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    try:
+        st = os.statvfs(p)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < 64 * 1024
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
@@ -132,7 +146,18 @@ class RunDir:
 
     def write_status(self, status: RunStatus) -> None:
         data = status.to_dict() | {"time": time.time()}
-        write_json_atomic(self.path / STATUS, data)
+        try:
+            write_json_atomic(self.path / STATUS, data)
+        except OSError as e:
+            if e.errno != errno.ENOSPC or not (self.path / STATUS).is_file():
+                raise
+            # a full disk: a new file cannot be made, but the status file written when the
+            # run started holds a block of its own; rewriting it in place needs no new space,
+            # so how the run ended is still recorded
+            text = json.dumps(data, indent=1, sort_keys=True, default=str)
+            with open(self.path / STATUS, "r+", encoding="utf-8") as f:
+                f.write(text)
+                f.truncate()
 
     def request_cancel(self) -> None:
         (self.path / CANCEL).touch()

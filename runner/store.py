@@ -144,6 +144,10 @@ def ledger_error(e: BaseException, where: Path) -> UserError:
     """One clear error for a ledger that cannot be used: what, where, what to do."""
     cause = str(e) or type(e).__name__
     text = f"{cause} errno {getattr(e, 'errno', '')}".lower()
+    from runner.rundir import disk_full
+
+    if disk_full(where):  # SQLite says "disk I/O error" when its journal cannot grow
+        text = "no space left"
     if isinstance(e, IsADirectoryError) or (where.name == "runs.db" and where.is_dir()):
         return UserError(f"the run ledger {where} is a folder, not a database file.",
                          "move it away; then `runner ledger rebuild` makes a new ledger from "

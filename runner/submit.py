@@ -36,11 +36,9 @@ def submit(ctx: CommandContext, args: argparse.Namespace) -> int:
     runs = ctx.runs
     runs.reconcile()
     outcome: dict[str, int] = {"code": 0}
-    if args.detach and any(a in ("-m", "--multirun") for a in args.overrides):
-        raise UserError("--detach does not apply to sweeps (-m): the launcher starts queued jobs "
-                        "as slots free up, so it runs until the sweep ends.",
-                        "run it in the background (nohup, tmux); `runner sweep SWEEP` shows it.")
-    sweep = Sweep(runs, fail_fast=args.fail_fast, skip_done=args.skip_done, argv=args.overrides)
+    multirun = any(a in ("-m", "--multirun") for a in args.overrides)
+    sweep = Sweep(runs, fail_fast=args.fail_fast, skip_done=args.skip_done, argv=args.overrides,
+                  detach=bool(args.detach and multirun))
 
     def task(job: ComposedJob) -> Any:
         plan = runs.plan(job.cfg, job.overrides, job.choices)
@@ -81,6 +79,12 @@ def submit(ctx: CommandContext, args: argparse.Namespace) -> int:
                         ) from None
     if not sweep.jobs:
         return outcome["code"]
+    if sweep.detached:
+        _err(f"sweep {sweep.sweep_id}: {len(sweep.jobs)} job(s) handed to their target's "
+             "scheduler; this shell is free.")
+        _err(f"  watch them: runner sweep {sweep.sweep_id}   stop them: "
+             f"runner cancel {sweep.sweep_id}")
+        return 0
     sweep.print_table()
     sweep.report_optimum()
     return sweep.exit_code()

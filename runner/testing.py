@@ -280,6 +280,22 @@ class BackendContract:
         assert st.state == RunState.SUCCEEDED, text
         assert "files ['a.txt', 'sub/b.txt']" in text and "b beta" in text
 
+    def test_submit_many_starts_every_run(self, tmp_path: Path, backend: Backend, env: EnvSpec) -> None:
+        specs = [make_run(tmp_path, backend, f"print('job {i} of three')", env=env)
+                 for i in range(3)]
+        items = [(spec, backend.prepare(spec)) for spec in specs]
+        t0 = time.monotonic()
+        handles = backend.submit_many(items, 2)
+        assert len(handles) == 3
+        if Capability.ARRAY in backend.capabilities:
+            assert time.monotonic() - t0 < 30  # one submission, not three waits
+        for i, (spec, handle) in enumerate(zip(specs, handles, strict=True)):
+            assert handle.run_id == spec.run_id
+            assert handle.wait(self.timeout).state == RunState.SUCCEEDED
+            again = backend.reattach(spec.run_id, spec.run_dir, _json_roundtrip(handle.locator))
+            text = "".join(t for _, t in again.logs(0))
+            assert f"job {i} of three" in text and all(f"job {j} " not in text for j in range(3) if j != i)
+
     def test_reattach_sees_the_same_run(self, tmp_path: Path, backend: Backend, env: EnvSpec) -> None:
         spec, _, handle = self.start(
             tmp_path, backend, env,

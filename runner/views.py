@@ -222,6 +222,8 @@ def _facts(rec: RunRecord, meta: dict[str, Any], worker: dict[str, Any]) -> list
          + f"  ({age(rec.created)}, ran {end - rec.created:.1f}s)"),
         ("overrides", " ".join(meta.get("overrides", [])) or "-"),
     ]
+    if rec.locator:  # where the target knows it: a process group, a container, a job id
+        rows.append(("locator", "  ".join(f"{k} {v}" for k, v in rec.locator.items())))
     if rec.sweep_id:
         rows.append(("sweep", rec.sweep_id))
     if rec.parent:

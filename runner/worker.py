@@ -27,7 +27,7 @@ from typing import Any
 
 from runner.backend import RunState, RunStatus
 from runner.request import DATA_DIR_ENV, RunRequest
-from runner.rundir import WORKER, RunDir, append_metric, write_json_atomic
+from runner.rundir import WORKER, RunDir, append_metric, disk_full, write_json_atomic
 from runner.secrets import StreamMasker, mask_text, mask_values, resolve_refs
 
 
@@ -321,7 +321,13 @@ def run(run_dir: Path) -> int:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the final write must not be interrupted
     restore()
     info["finished"] = time.time()
-    _write_info(rd, info, hidden)
+    try:
+        _write_info(rd, info, hidden)
+    except OSError as e:  # a full disk: how the run ended matters more than its details
+        print(f"[runner] warning: could not write {WORKER}: {e}", file=sys.stderr, flush=True)
+    if status.state == RunState.FAILED and disk_full(rd.path):
+        status = dataclasses.replace(status, message=(
+            f"{status.message}; the disk holding the run directory is full"))
     rd.write_status(dataclasses.replace(status, message=mask_text(status.message, hidden)))
     return status.exit_code or 0
 

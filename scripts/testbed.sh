@@ -14,6 +14,10 @@
 #            per `up`: it is set through chpasswd's stdin and kept only in a 0600 file whose
 #            path (never the password) the env file gives
 #   ray      a Ray head bound to 127.0.0.1 (only when the project venv has ray)
+#   slurm    a one-node Slurm cluster on 127.0.0.1 (munged, slurmctld, slurmd from Debian's
+#            slurm-wlm packages) whose node offers fake GPUs as gres (character devices made
+#            with mknod, so `--gres=gpu:1` is scheduled and sets CUDA_VISIBLE_DEVICES without
+#            hardware); its config is $RUNNER_TESTBED_DIR/slurm/slurm.conf (SLURM_CONF)
 #
 # usage: scripts/testbed.sh up|down|status
 #
@@ -32,7 +36,9 @@
 #   RUNNER_TESTBED_PW_USER    its only login user (created)       (runnerpw)
 #   RUNNER_TESTBED_VENV       venv whose `ray` starts the head    (the repository's .venv)
 #   RUNNER_TESTBED_RAY_PORT   Ray GCS port; dashboard is +1886    (6381)
-#   RUNNER_TESTBED_SKIP       space-separated parts to skip: apt docker image ssh ray
+#   RUNNER_TESTBED_SLURM_PORT slurmctld's loopback port; slurmd +1 (16817)
+#   RUNNER_TESTBED_SLURM_GPUS fake GPUs the Slurm node offers      (2)
+#   RUNNER_TESTBED_SKIP       space-separated parts to skip: apt docker image ssh ray slurm
 set -euo pipefail
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
@@ -45,6 +51,9 @@ PW_USER=${RUNNER_TESTBED_PW_USER:-runnerpw}
 VENV=${RUNNER_TESTBED_VENV:-$REPO/.venv}
 RAY_PORT=${RUNNER_TESTBED_RAY_PORT:-6381}
 RAY_DASH_PORT=$((RAY_PORT + 1886))
+SLURM_PORT=${RUNNER_TESTBED_SLURM_PORT:-16817}
+SLURM_GPUS=${RUNNER_TESTBED_SLURM_GPUS:-2}
+SL="$D/slurm"
 SKIP=" ${RUNNER_TESTBED_SKIP:-} "
 T0=$(date +%s%N)
 
@@ -287,6 +296,158 @@ ray_up() {
   say "ray head up ($addr)"
 }
 
+# ---------------------------------------------------------------------------------------------
+# Slurm: one node (NodeName=localhost) on 127.0.0.1, every daemon in the foreground under setsid
+# with its PID recorded in $SL; authentication through our own munged and socket. No cgroups are
+# used (proctrack/linuxproc, task/none), so nothing outside $SL is written.
+slurm_packages() {
+  local want=(slurmctld slurmd slurm-client munge procps) missing=() p
+  for p in "${want[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+  if [ ${#missing[@]} -gt 0 ]; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    # apt starts no service here (no systemd, policy-rc.d); slurm_up starts its own daemons
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  fi
+}
+
+sq() { SLURM_CONF="$SL/slurm.conf" timeout 10 "$@"; }  # a client call that cannot hang `up`
+
+slurm_node_ready() {  # the node is registered and schedulable; resume it once if it drained
+  local st; st=$(sq sinfo -h -N -n localhost -o '%T' 2>/dev/null) || return 1
+  case $st in
+    idle*|mixed*|allocated*) return 0 ;;
+    *drain*|*inval*) sq scontrol update nodename=localhost state=resume >/dev/null 2>&1 || true ;;
+  esac
+  return 1
+}
+
+slurm_start() {  # $1 name, $2 readiness command, rest: the daemon's argv
+  local name=$1 ready=$2; shift 2
+  setsid "$@" </dev/null >>"$SL/$name.out" 2>&1 &
+  echo $! >"$SL/$name.pid"
+  for _ in $(seq 1 300); do
+    if eval "$ready" >/dev/null 2>&1; then return 0; fi
+    pid_alive "$(cat "$SL/$name.pid")" || break
+    sleep 0.1
+  done
+  tail -20 "$SL/$name.out" "$SL/$name.log" >&2 2>/dev/null || true
+  echo "slurm: $name did not come up (logs above)" >&2
+  exit 1
+}
+
+slurm_write_conf() {
+  local hw get cpus mem i
+  hw=$(slurmd -C | head -1)  # what this machine has: CPUs=... RealMemory=...
+  get() { sed -n "s/.* $1=\([0-9]*\).*/\1/p" <<<"$hw"; }
+  cpus=$(get CPUs); mem=$(get RealMemory)
+  {
+    echo "# written by scripts/testbed.sh: one node on loopback"
+    echo "ClusterName=runnertest"
+    echo "SlurmctldHost=localhost(127.0.0.1)"
+    echo "SlurmctldPort=$SLURM_PORT"
+    echo "SlurmdPort=$((SLURM_PORT + 1))"
+    echo "CommunicationParameters=NoCtldInAddrAny,NoInAddrAny"  # bind 127.0.0.1, not 0.0.0.0
+    echo "SlurmUser=root"
+    echo "SlurmdUser=root"
+    echo "AuthType=auth/munge"
+    echo "CredType=cred/munge"
+    echo "AuthInfo=socket=$SL/munge.socket"
+    echo "StateSaveLocation=$SL/state"
+    echo "SlurmdSpoolDir=$SL/spool"
+    echo "SlurmctldPidFile=$SL/slurmctld.own.pid"
+    echo "SlurmdPidFile=$SL/slurmd.own.pid"
+    echo "SlurmctldLogFile=$SL/slurmctld.log"
+    echo "SlurmdLogFile=$SL/slurmd.log"
+    echo "MailProg=/bin/true"
+    echo "ProctrackType=proctrack/linuxproc"
+    echo "TaskPlugin=task/none"
+    echo "MpiDefault=none"
+    echo "SelectType=select/cons_tres"
+    echo "SelectTypeParameters=CR_Core_Memory"
+    echo "DefMemPerCPU=$((mem / cpus))"  # else each job takes all the memory and runs alone
+    echo "SchedulerType=sched/backfill"
+    echo "SchedulerParameters=batch_sched_delay=0"  # start jobs within a second, not three
+    echo "JobAcctGatherType=jobacct_gather/none"
+    echo "AccountingStorageType=accounting_storage/none"
+    echo "MinJobAge=300"
+    echo "KillWait=5"
+    echo "ReturnToService=2"
+    [ "$SLURM_GPUS" -gt 0 ] && echo "GresTypes=gpu"
+    echo "NodeName=localhost NodeAddr=127.0.0.1 NodeHostname=localhost $(sed 's/^NodeName=[^ ]* //; s/ UpTime=.*//' <<<"$hw")$([ "$SLURM_GPUS" -gt 0 ] && echo " Gres=gpu:$SLURM_GPUS")"
+    echo "PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP"
+    echo "PartitionName=short Nodes=localhost MaxTime=00:10:00 State=UP"
+  } >"$SL/slurm.conf"
+  # a GPU gres needs a character device per GPU; these fake ones (NVIDIA's major number) are
+  # never opened, they only let slurmd count the GPUs and hand out their indexes
+  : >"$SL/gres.conf"
+  if [ "$SLURM_GPUS" -gt 0 ]; then
+    mkdir -p "$SL/dev"
+    for ((i = 0; i < SLURM_GPUS; i++)); do [ -e "$SL/dev/nvidia$i" ] || mknod "$SL/dev/nvidia$i" c 195 "$i"; done
+    printf 'AutoDetect=off\nNodeName=localhost Name=gpu File=%s/dev/nvidia[0-%d]\n' "$SL" $((SLURM_GPUS - 1)) >"$SL/gres.conf"
+  fi
+}
+
+slurm_up() {
+  skip apt || slurm_packages
+  local c
+  for c in munged slurmctld slurmd sbatch pgrep; do
+    command -v "$c" >/dev/null || { echo "slurm: $c is not installed (up installs it unless RUNNER_TESTBED_SKIP has apt; or skip this part: RUNNER_TESTBED_SKIP=slurm)" >&2; exit 1; }
+  done
+  if pidfile_alive "$SL/slurmctld.pid" && pidfile_alive "$SL/slurmd.pid" && pidfile_alive "$SL/munged.pid" \
+     && sq scontrol ping 2>/dev/null | grep -q UP; then
+    say "slurm up (started by this testbed)"
+  else
+    slurm_down  # whatever is left of an earlier up
+    local port
+    for port in "$SLURM_PORT" $((SLURM_PORT + 1)); do
+      if ss -Hltn "sport = :$port" 2>/dev/null | grep -q .; then
+        echo "slurm: port $port on this machine is taken (another Slurm?); set RUNNER_TESTBED_SLURM_PORT" >&2
+        exit 1
+      fi
+    done
+    mkdir -p "$SL/state" "$SL/spool" "$SL/munge"
+    chmod 755 "$SL"      # munged: every folder on its socket's path must be o+x
+    chmod 700 "$SL/munge"
+    head -c 1024 /dev/urandom >"$SL/munge/munge.key"
+    chmod 400 "$SL/munge/munge.key"
+    slurm_write_conf
+    slurm_start munged "munge -S $SL/munge.socket -n | unmunge -S $SL/munge.socket" \
+      munged -F --key-file="$SL/munge/munge.key" --socket="$SL/munge.socket" \
+      --pid-file="$SL/munged.own.pid" --log-file="$SL/munged.log" --seed-file="$SL/munge/seed"
+    slurm_start slurmctld "sq scontrol ping | grep -q UP" slurmctld -D -i -f "$SL/slurm.conf"
+    # -N: the node's name in slurm.conf, which is not this machine's hostname
+    SLURM_CONF="$SL/slurm.conf" slurm_start slurmd slurm_node_ready slurmd -D -N localhost -f "$SL/slurm.conf"
+    # sbatch jobs pend until slurmctld's first scheduling pass (~3 s after it starts)
+    for _ in $(seq 1 100); do grep -q 'SchedulerParameters=' "$SL/slurmctld.log" 2>/dev/null && break; sleep 0.1; done
+    say "slurm up: slurmctld 127.0.0.1:$SLURM_PORT, node localhost with $SLURM_GPUS fake GPUs"
+  fi
+  envline SLURM_CONF "$SL/slurm.conf"
+  envline RUNNER_TEST_SLURM_CONF "$SL/slurm.conf"
+  envline RUNNER_TEST_SLURM_GPUS "$SLURM_GPUS"
+}
+
+slurm_down() {
+  [ -d "$SL" ] || return 0
+  local jobs p kids
+  if pidfile_alive "$SL/slurmctld.pid" && jobs=$(sq squeue -h -o %F 2>/dev/null | sort -u) && [ -n "$jobs" ]; then
+    sq scancel $jobs 2>/dev/null || true
+    for _ in $(seq 1 150); do [ -z "$(sq squeue -h -o %i 2>/dev/null)" ] && break; sleep 0.1; done
+  fi
+  stop_pidfile "$SL/slurmd.pid" 10
+  stop_pidfile "$SL/slurmctld.pid" 10
+  stop_pidfile "$SL/munged.pid" 10
+  # a job step's slurmstepd outlives slurmd by design; ours keep our slurmd.log open
+  for p in $(pgrep -x slurmstepd 2>/dev/null || true); do
+    if ls -l "/proc/$p/fd" 2>/dev/null | grep -qF -- "$SL/"; then
+      kids=$(pgrep -P "$p" 2>/dev/null | tr '\n' ' ' || true)
+      kill -KILL "$p" $kids 2>/dev/null || true
+    fi
+  done
+  rm -rf -- "$SL"
+  say "slurm stopped"
+}
+
 up() {
   mkdir -p "$D"
   : >"$D/env.new"
@@ -297,11 +458,13 @@ up() {
   skip ssh || ssh_up
   skip ssh || ssh_password_up
   skip ray || ray_up
+  skip slurm || slurm_up
   mv "$D/env.new" "$D/env"
   say "ready: . $D/env"
 }
 
 down() {
+  slurm_down
   stop_pidfile "$D/ray.pid" 40   # `ray start --block` stops its own processes on SIGTERM
   stop_pidfile "$D/sshd-pw.pid" 5
   stop_pidfile "$D/sshd-netns.pid" 5
@@ -321,6 +484,13 @@ status() {
     else echo "$f: not started here"; fi
   done
   docker info >/dev/null 2>&1 && echo "docker: answers" || echo "docker: no engine"
+  for f in munged slurmctld slurmd; do
+    if pidfile_alive "$SL/$f.pid"; then echo "slurm $f: running (pid $(cat "$SL/$f.pid"))"
+    else echo "slurm $f: not started here"; fi
+  done
+  if [ -f "$SL/slurm.conf" ] && pidfile_alive "$SL/slurmctld.pid"; then
+    SLURM_CONF="$SL/slurm.conf" timeout 10 sinfo -o '%P %a %D %T %G' || true
+  fi
 }
 
 case "${1:-}" in

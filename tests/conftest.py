@@ -47,6 +47,22 @@ def cli(project: Path):  # type: ignore[no-untyped-def]
     return call
 
 
+@pytest.fixture
+def tiny_fs(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """A 512 KiB file system, mounted for one test (the 'full disk'); skipped where this
+    user cannot mount one."""
+    mnt = tmp_path / "tiny"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(mnt)],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {r.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", str(mnt)], capture_output=True)
+
+
 def as_at_a_terminal() -> None:
     """``preexec_fn`` for a CLI child that a test interrupts with SIGINT, as Ctrl-C would: a
     suite started in the background inherits SIGINT ignored, and so would the child."""

@@ -166,3 +166,37 @@ def test_a_damaged_ledger_is_rebuilt_from_the_run_directories(project: Path) -> 
     assert shown.returncode == 0 and "SUCCEEDED" in shown.stdout + shown.stderr
     sweep_id = next(w for w in sweep.stderr.split() if w.startswith("s") and w[1:3].isdigit())
     assert run_cli("sweep", sweep_id.rstrip(":"), cwd=project).returncode == 0
+
+
+FILL = """\
+import runner
+print("filling the disk", flush=True)
+with open(runner.outputs_dir() / "big.bin", "wb") as f:
+    while True:
+        f.write(b"x" * 65536)
+"""
+
+
+def test_a_run_that_fills_the_disk_is_recorded_failed_and_says_so(tiny_fs: Path) -> None:
+    """The project (ledger and run directories) on a disk the run fills: every command says
+    so clearly, and once space is freed the ledger records the run as FAILED with the reason
+    (its final status was kept in the block its status file already had), never LOST."""
+    from .conftest import run_cli
+
+    proj = tiny_fs / "proj"
+    (proj / ".runner").mkdir(parents=True)
+    (proj / "fill.py").write_text(FILL)
+    r = run_cli("submit", "model=script", "model.path=fill.py", cwd=proj)
+    assert r.returncode != 0
+    assert "Traceback" not in r.stderr and "looks like a bug" not in r.stderr, r.stderr
+    assert "no space left" in r.stderr.lower()
+    full = run_cli("runs", cwd=proj)
+    assert full.returncode == 2 and "has no space left" in full.stderr
+    assert "damaged" not in full.stderr  # SQLite's "disk I/O error" is not a broken ledger
+    for big in (proj / ".runner" / "runs").glob("*/outputs/big.bin"):
+        big.unlink()
+    runs = run_cli("runs", cwd=proj)
+    assert runs.returncode == 0, runs.stderr
+    assert "FAILED" in runs.stdout and "LOST" not in runs.stdout
+    show = run_cli("show", "last", cwd=proj)
+    assert "disk holding the run directory is full" in show.stdout

@@ -677,21 +677,6 @@ def test_an_unwritable_work_dir_gets_a_clear_error(tmp_path: Path) -> None:
     assert any("target.work_dir" in h for h in e.value.hints)
 
 
-@pytest.fixture
-def tiny_fs(tmp_path: Path) -> Iterator[Path]:
-    """A 512 KiB file system, mounted for one test (the 'full disk')."""
-    mnt = tmp_path / "tiny"
-    mnt.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(mnt)],
-                       capture_output=True, text=True)
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here: {r.stderr.strip()}")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", str(mnt)], capture_output=True)
-
-
 def test_a_full_work_dir_gets_a_clear_error(tmp_path: Path, tiny_fs: Path) -> None:
     b = RemoteDockerBackend(config(tiny_fs / "work"))
     spec = make_run(tmp_path, b, "pass", env=ENV)

@@ -224,7 +224,9 @@ def test_without_an_objective_an_optimizing_sweeper_says_what_to_set(sweep_proje
 
 def test_sweep_and_detach_is_refused_clearly(sweep_project: Path, cli) -> None:  # type: ignore[no-untyped-def]
     res = cli("submit", "--detach", "-m", "model=script", "model.path=job.py", _args("1", "2"))
-    assert res.returncode == 2 and "--detach does not apply to sweeps" in res.stderr
+    assert res.returncode == 2 and "--detach does not apply to a sweep on target local" in res.stderr
+    assert "slurm" in res.stderr  # where it does apply
+    assert "no runs yet" in cli("runs").stderr  # nothing was started
     res = cli("sweep", "s000000-000000-0000")
     assert res.returncode == 2 and "no sweep 's000000-000000-0000'" in res.stderr
 

@@ -139,7 +139,9 @@ class RunnerLauncher(Launcher):
                             working_dir=os.getcwd(),
                             task_name=str(cfg.hydra.job.name) if cfg is not None else None)
             try:
-                ret.return_value = session.result(job)
+                # a detached sweep (--detach): the job is queued on its target; its run id
+                # is all there is to give back
+                ret.return_value = job.run_id if session.detached else session.result(job)
                 ret.status = JobStatus.COMPLETED
             except Exception as e:  # the sweeper decides what a failed job means
                 ret.return_value = e

@@ -172,16 +172,19 @@ class RemoteHandle(RunHandle):
         self.rd.request_cancel()
         d = self.backend.docker
         grace = max(1, math.ceil(self.grace))
+        # `docker stop` waits the grace period out: started in the background on the host, so
+        # that the cancels of several runs on one host (one SSH session, one command at a
+        # time) wait their grace periods together, not one after another
+        stop = f"{d} stop --time {grace} {_q(self.container)}"
         self.session.run(f"touch {_q(self.remote_dir)}/cancel; "
-                         f"{d} stop --time {grace} {_q(self.container)} >/dev/null 2>&1",
-                         timeout=grace + 60)
-        deadline = time.monotonic() + 10
+                         f"nohup sh -c {_q(stop)} >/dev/null 2>&1 </dev/null &", timeout=60)
+        deadline = time.monotonic() + grace + 10
         while True:
             st2, state, _ = self._observe()
             running = state is not None and state.get("Status") in ("running", "paused")
             if not running or time.monotonic() > deadline:
                 break
-            time.sleep(0.1)
+            time.sleep(0.25)
         if running:
             self.session.run(f"{d} kill {_q(self.container)} >/dev/null 2>&1", timeout=60)
             st2, state, _ = self._observe()

@@ -113,8 +113,8 @@ class AppSweep:
         ret = None
         if job.run_id is not None:
             path = RunDir(self.runs.store.get(job.run_id).run_dir).outputs / RETURN_FILE
-            if not path.is_file() and job.handle is not None:
-                _fetch(job.handle, path)
+            if not path.is_file():
+                _fetch(job, path)
             if path.is_file():
                 import cloudpickle
 
@@ -168,21 +168,22 @@ def _dump(payload: Any, path: Path) -> None:
     tmp.replace(path)
 
 
-def _fetch(handle: Any, path: Path) -> None:
-    """Bring a remote run's outputs back when the return file is not here yet."""
+def _fetch(job: Any, path: Path) -> None:
+    """Bring a run's outputs here when its return file is not here yet (a backend that keeps
+    them on the target until asked)."""
     import tempfile
 
     from runner.backend import Capability
 
-    backend_caps = getattr(type(handle), "capabilities", None)
-    if backend_caps is not None and Capability.OUTPUTS not in backend_caps:
+    if job.handle is None or job.plan is None \
+            or Capability.OUTPUTS not in job.plan.backend.capabilities:
         return
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            handle.fetch_outputs(Path(tmp))
+            job.handle.fetch_outputs(Path(tmp))
             got = Path(tmp) / path.name
             if got.is_file():
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_bytes(got.read_bytes())
     except Exception as e:
-        print(f"warning: cannot fetch the outputs of a job: {e}", file=sys.stderr)
+        print(f"warning: cannot fetch the outputs of run {job.run_id}: {e}", file=sys.stderr)

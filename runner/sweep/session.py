@@ -17,7 +17,7 @@ from typing import Any, TextIO
 from omegaconf import DictConfig
 
 from runner import snapshot
-from runner.backend import RunHandle, RunSpec, RunState, RunStatus
+from runner.backend import Capability, RunHandle, RunSpec, RunState, RunStatus
 from runner.errors import UserError
 from runner.launch import Plan, Runs
 from runner.rundir import RunDir, read_json, write_json_atomic
@@ -90,7 +90,7 @@ class Sweep:
         self, runs: Runs, *, sweep_id: str | None = None, fail_fast: bool = False,
         skip_done: bool = False, max_parallel: int | None = None, objective: str | None = None,
         show_logs: bool = True, poll: float = 0.1, out: TextIO | None = None,
-        log_out: TextIO | None = None, argv: Sequence[str] = (),
+        log_out: TextIO | None = None, argv: Sequence[str] = (), detach: bool = False,
     ) -> None:
         self.runs = runs
         self.store = runs.store
@@ -104,6 +104,9 @@ class Sweep:
         self.out = out or sys.stderr  # progress lines
         self.log_out = log_out or sys.stdout  # the jobs' logs, each line prefixed by [job N]
         self.argv = list(argv)
+        #: hand the jobs to a target that queues them itself, then return (--detach)
+        self.detach = detach
+        self.detached = False  #: True once run() returned with the jobs left to their target
         self.jobs: list[Job] = []
         self.manifest_digest: str | None = None
         self._code_manifest: dict[str, Any] | None = None
@@ -128,6 +131,11 @@ class Sweep:
         if max_parallel is not None:
             self.capacity = Capacity(max_parallel)
         if objective is not None:
+            if self.detach:
+                raise UserError(
+                    "--detach does not apply to an optimizing sweep: the sweeper needs each "
+                    f"job's {objective} before it picks the next.",
+                    "run it in the foreground, or in the background with nohup or tmux.")
             self.objective = objective
         if show_logs is not None:
             self.show_logs = show_logs
@@ -221,6 +229,12 @@ class Sweep:
         that need it resolve.
         """
         plan = self.runs.plan(cfg, overrides, choices)
+        if self.detach and Capability.ARRAY not in plan.backend.capabilities:
+            raise UserError(
+                f"--detach does not apply to a sweep on target {plan.target_name}: the launcher "
+                "starts its queued jobs as slots free up, so it runs until the sweep ends.",
+                "targets whose scheduler queues the jobs itself (slurm) take a detached sweep; "
+                "elsewhere run it in the background (nohup, tmux): `runner sweep SWEEP` shows it.")
         self._begin(plan.target_name, plan)
         assert self.sweep_id is not None and self.manifest_digest is not None
         self._check_not_cancelled()
@@ -252,7 +266,9 @@ class Sweep:
             job.run_id, job.spec = rec.id, spec
             self._say(f"[job {num}] {rec.id} QUEUED  {self._label(job)}")
             # start at once when there is room: the next jobs are recorded while it runs
-            if not self.failed_fast and self.capacity.free(plan) and self._start(job):
+            # (a target that takes many runs as one submission gets them all in run())
+            if (not self.failed_fast and Capability.ARRAY not in plan.backend.capabilities
+                    and self.capacity.free(plan) and self._start(job)):
                 self._active.append(job)
         self.jobs.append(job)
         return job
@@ -273,6 +289,10 @@ class Sweep:
         pending = [j for j in jobs if not j.done and j.handle is None]
         active = [j for j in jobs if not j.done and j.handle is not None]
         try:
+            pending = self._start_arrays(pending, active)
+            if self.detach:  # every job went to a scheduler that queues it (add() checked)
+                self.detached = True
+                return list(jobs)
             while pending or active:
                 self._check_not_cancelled()
                 for job in list(pending):
@@ -315,6 +335,59 @@ class Sweep:
                 signal.signal(signal.SIGINT, old)
             raise SweepCancelled() from None
         return list(jobs)
+
+    def _start_arrays(self, pending: list[Job], active: list[Job]) -> list[Job]:
+        """Hand the jobs of each target that takes many runs as one submission
+        (:attr:`Capability.ARRAY`: a Slurm job array) over together; the target keeps at most
+        ``max_parallel`` of them running. Returns the jobs still to start one by one."""
+        groups: list[list[Job]] = []
+        for job in pending:
+            assert job.plan is not None
+            if Capability.ARRAY not in job.plan.backend.capabilities or self.failed_fast:
+                continue
+            for group in groups:  # the same target with the same keys: one submission
+                first = group[0].plan
+                assert first is not None
+                if (first.target_name == job.plan.target_name
+                        and first.backend.config == job.plan.backend.config):
+                    group.append(job)
+                    break
+            else:
+                groups.append([job])
+        for group in groups:
+            plan = group[0].plan
+            assert plan is not None
+            specs = []
+            for job in group:
+                assert job.spec is not None and job.run_id is not None
+                if self.store.get(job.run_id).state.terminal:  # cancelled while it was queued
+                    rec = self.store.get(job.run_id)
+                    job.state, job.status = rec.state.value, RunStatus(rec.state, message=rec.message)
+                    continue
+                specs.append(job.spec)
+            group = [j for j in group if not j.done]
+            for job in group:
+                pending.remove(job)
+            if not group:
+                continue
+            now = time.time()
+            try:
+                handles = self.runs.launch_many(plan, specs, max_parallel=self.capacity.max_parallel)
+            except Exception as e:
+                msg = e.message if isinstance(e, UserError) else f"{type(e).__name__}: {e}"
+                for job in group:
+                    job.status = RunStatus(RunState.FAILED, message=f"could not start: {msg}")
+                    job.state, job.ended = RunState.FAILED.value, time.time()
+                    self._say(f"[job {job.num}] {job.run_id} FAILED: could not start: {msg}")
+                if self.fail_fast:
+                    self.failed_fast = True
+                continue
+            for job, handle in zip(group, handles, strict=True):
+                self.capacity.take(job.plan, None)  # type: ignore[arg-type]
+                job.handle, job.started = handle, now
+                self._transition(job, RunState.RUNNING.value, " (array)")
+                active.append(job)
+        return pending
 
     def _check_not_cancelled(self) -> None:
         if self.sweep_id is not None and self._cancel_marker().exists():
@@ -476,6 +549,8 @@ class Sweep:
         self._say(f"the sweeper's results: {dest}")
 
     def exit_code(self) -> int:
+        if self.detached:
+            return 0
         if self.cancelled:
             return 130
         return 0 if all(j.ok for j in self.jobs) else 1

@@ -1,0 +1,78 @@
+"""``runner doctor TARGET`` for a Slurm target: each thing a run needs, with its fix."""
+
+from __future__ import annotations
+
+import subprocess
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from runner.backend import Check
+from runner.errors import UserError
+from runner.plugins.slurm.cluster import check_target
+from runner.plugins.slurm.envs import env_root
+
+if TYPE_CHECKING:
+    from runner.plugins.slurm.backend import SlurmBackend
+
+
+def checks(b: SlurmBackend) -> list[Check]:
+    slurm, c = b.slurm, b.config
+    out: list[Check] = []
+    if not slurm.available():
+        return [Check("slurm commands", False, "sbatch/squeue are not on PATH",
+                      "run runner on the cluster's login node, or install slurm-client")]
+    r = slurm.run("sinfo", "-h", "-o", "%P %a %D %T %G %l")
+    out.append(Check("sinfo", r.ok, r.out.strip().replace("\n", "; ") if r.ok else r.first_error(),
+                     "check that slurmctld answers (scontrol ping) and SLURM_CONF / target.slurm_conf"))
+    if not r.ok:
+        return out
+    try:
+        part = check_target(c, None if c.gpus is None else str(c.gpus), slurm)
+        gres = ", ".join(sorted(part.gres)) or "none"
+        out.append(Check("partition", True, f"{part.name}: time limit "
+                         f"{'unlimited' if part.max_minutes is None else f'{part.max_minutes:g} min'}, gres {gres}"))
+    except UserError as e:
+        out.append(Check("partition", False, e.message.splitlines()[0],
+                         "\n".join(e.message.splitlines()[1:])))
+    acct = slurm.run("sacct", "-n", "-X", "-S", "now-1minutes", "-o", "JobID")
+    out.append(Check("sacct", True, "accounting answers" if acct.ok else
+                     f"no accounting ({acct.first_error()}): states come from the run directory "
+                     "and scontrol, which forgets ended jobs after MinJobAge"))
+    out.append(_work_dir(b))
+    return out
+
+
+def _work_dir(b: SlurmBackend) -> Check:
+    """Write a file where runs live, then read it back from a compute node (a tiny job)."""
+    c = b.config
+    where = Path(c.work_dir).expanduser() if c.work_dir else env_root(None)
+    fix = "make target.work_dir a folder on a file system the compute nodes mount"
+    try:
+        where.mkdir(parents=True, exist_ok=True)
+        probe = Path(tempfile.mkdtemp(dir=where, prefix=".doctor-"))
+    except OSError as e:
+        return Check("work dir", False, f"{where}: {e.strerror or e}", fix)
+    token = uuid.uuid4().hex
+    (probe / "token").write_text(token)
+    opts = [f"--partition={c.partition}"] if c.partition else []
+    opts += [f"--account={c.account}"] if c.account else []
+    opts += [f"--qos={c.qos}"] if c.qos else []
+    try:
+        r = b.slurm.run("sbatch", "--parsable", "--job-name=runner-doctor", "--time=1", *opts,
+                        f"--output={probe / 'seen'}", f"--wrap=cat {probe / 'token'}")
+        if not r.ok:
+            return Check("work dir", False, f"sbatch refused the probe job: {r.first_error()}", fix)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            seen = probe / "seen"
+            if seen.is_file() and token in seen.read_text():
+                return Check("work dir", True, f"{where}: a compute node reads what this machine wrote")
+            time.sleep(0.5)
+        b.slurm.run("scancel", r.out.strip().split(";")[0])
+        return Check("work dir", False, f"{where}: the probe job did not report within 60 s "
+                     "(still queued, or the node does not see the folder)", fix)
+    finally:
+        subprocess.run(["rm", "-rf", str(probe)], check=False)

@@ -1,0 +1,57 @@
+"""The batch script of a run: the worker, started by the job's shell, which also passes on
+Slurm's signals (the time-limit warning, a cancel) and exits with the worker's status."""
+
+from __future__ import annotations
+
+import shlex
+
+#: the batch script's name in the run directory
+SCRIPT = "slurm.sh"
+
+
+def batch_script(*, run_id: str, python: str, run_dir: str, gpus_requested: bool,
+                 warn_before_s: int, own_log: bool = False) -> str:
+    """The text of the batch script that runs the worker on ``run_dir``; ``own_log``: it
+    sends its output to the run's log itself (an array task, whose sbatch --output is shared)."""
+    q = shlex.quote
+    lines = [
+        "#!/bin/bash",
+        f"# written by runner for run {run_id}; sbatch takes its options on the command line",
+        f"cd {q(run_dir)} || exit 1",
+    ]
+    if own_log:
+        lines.append("exec >>log.txt 2>&1")
+    lines += [
+        "export PYTHONUNBUFFERED=1",
+        "unset RUNNER_STAGED_DATA  # data is read in place, on the shared file system",
+    ]
+    if not gpus_requested:  # a run without GPUs must not see the submitter's devices
+        lines.append("unset CUDA_VISIBLE_DEVICES")
+    lines += [
+        # its own process group, so that a cancel reaches the worker and the model's processes
+        # together, as on the other backends (setsid runs in place in a background child)
+        f"setsid {q(python)} -m runner.worker {q(run_dir)} &",
+        "pid=$!",
+        # the worker treats SIGTERM as a cancel and writes its final status
+        "trap 'kill -TERM -- -$pid 2>/dev/null' TERM",
+        f"trap 'echo \"[runner] Slurm: the job reaches its time limit in about {warn_before_s} s\"' USR1",
+        "while kill -0 $pid 2>/dev/null; do wait $pid; done",
+        "wait $pid",
+        "exit $?",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def array_script(manifest: str) -> str:
+    """The batch script of a job array: task N runs the batch script on line N+1 of
+    ``manifest`` (the runs' own ``slurm.sh``, which then is the task's shell)."""
+    q = shlex.quote
+    return "\n".join([
+        "#!/bin/bash",
+        "# written by runner: one task per run, the run's batch script on the task's line",
+        f'script=$(sed -n "$((SLURM_ARRAY_TASK_ID + 1))p" {q(manifest)})',
+        '[ -n "$script" ] || { echo "no run for array task $SLURM_ARRAY_TASK_ID" >&2; exit 1; }',
+        'exec /bin/bash "$script"',
+        "",
+    ])

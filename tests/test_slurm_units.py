@@ -1,0 +1,85 @@
+"""The slurm backend's parts that need no cluster: its keys, Slurm's time format, and how
+Slurm's job states become run states."""
+
+from __future__ import annotations
+
+import pytest
+
+from runner.backend import RunState
+from runner.errors import UserError
+from runner.plugins.slurm.config import SlurmConfig, check, sbatch_options, time_limit_minutes
+from runner.plugins.slurm.states import parse_sacct, parse_scontrol
+
+
+@pytest.mark.parametrize(("text", "minutes"), [
+    ("30", 30), ("10:00", 10), ("2:00:00", 120), ("1-00", 1440), ("1-2:30", 1590),
+    ("1-0:0:30", 1440.5), ("UNLIMITED", None), ("infinite", None),
+])
+def test_slurm_time_formats(text: str, minutes: float | None) -> None:
+    assert time_limit_minutes(text, "k") == minutes
+
+
+def test_keys_become_sbatch_options() -> None:
+    c = SlurmConfig(partition="gpu", account="lab", qos="high", time_limit="1:00:00", gpus="2",
+                    mem_mb=4096, warn_before_s=90, sbatch_args=["--exclusive"])
+    check(c)
+    assert sbatch_options(c, c.gpus) == [
+        "--partition=gpu", "--account=lab", "--qos=high", "--time=1:00:00",
+        "--cpus-per-task=1", "--mem=4096M", "--gres=gpu:2", "--signal=B:USR1@90", "--exclusive"]
+    typed = SlurmConfig(gres="gpu:a100:1", warn_before_s=0)
+    assert sbatch_options(typed, None) == ["--cpus-per-task=1", "--gres=gpu:a100:1"]
+
+
+@pytest.mark.parametrize(("config", "key"), [
+    (SlurmConfig(gpus="1", gres="gpu:1"), "target.gpus and target.gres"),
+    (SlurmConfig(gpus="0,1"), "target.gpus"),
+    (SlurmConfig(time_limit="tomorrow"), "target.time_limit"),
+    (SlurmConfig(cpus_per_task=0), "target.cpus_per_task"),
+    (SlurmConfig(slurm_conf="/nonexistent/slurm.conf"), "target.slurm_conf"),
+])
+def test_bad_keys_name_the_key(config: SlurmConfig, key: str) -> None:
+    with pytest.raises(UserError) as e:
+        check(config)
+    assert key in e.value.message
+
+
+SCONTROL = ("JobId=7 JobName=runner-x UserId=root(0) JobState={state} Reason={reason} "
+            "Dependency=(null) Requeue=1 Restarts=0 BatchFlag=1 ExitCode={code}")
+
+
+@pytest.mark.parametrize(("state", "code", "want", "oom", "says"), [
+    ("TIMEOUT", "0:15", RunState.FAILED, False, "time limit"),
+    ("OUT_OF_MEMORY", "0:125", RunState.FAILED, True, "memory"),
+    ("PREEMPTED", "0:15", RunState.LOST, False, "preempted"),
+    ("NODE_FAIL", "0:0", RunState.LOST, False, "node failed"),
+    ("CANCELLED", "0:15", RunState.CANCELLED, False, "cancelled"),
+    ("FAILED", "3:0", RunState.FAILED, False, "failed"),
+    ("COMPLETED", "0:0", RunState.LOST, False, "without the worker's final status"),
+])
+def test_how_a_job_ended_becomes_the_run_status(state: str, code: str, want: RunState, oom: bool,
+                                                says: str) -> None:
+    info = parse_scontrol(SCONTROL.format(state=state, reason="None", code=code))
+    assert info is not None and info.ended
+    st = info.run_status(cancel_requested=False)
+    assert (st.state, st.oom) == (want, oom)
+    assert says in st.message
+    exit_code, _, sig = code.partition(":")
+    assert st.exit_code == (128 + int(sig) if int(sig) else int(exit_code))
+
+
+def test_a_live_job_and_a_requested_cancel() -> None:
+    pending = parse_scontrol(SCONTROL.format(state="PENDING", reason="Resources", code="0:0"))
+    assert pending is not None and not pending.ended
+    st = pending.queued_status()
+    assert st.state == RunState.QUEUED and "Resources" in st.message
+    running = parse_scontrol(SCONTROL.format(state="RUNNING", reason="None", code="0:0"))
+    assert running is not None and running.queued_status().state == RunState.RUNNING
+    killed = parse_scontrol(SCONTROL.format(state="FAILED", reason="None", code="0:9"))
+    assert killed is not None and killed.run_status(cancel_requested=True).state == RunState.CANCELLED
+    assert parse_scontrol("slurm_load_jobs error: Invalid job id specified") is None
+
+
+def test_sacct_lines() -> None:
+    info = parse_sacct("CANCELLED by 0|0:15|None\n")
+    assert info is not None and info.state == "CANCELLED" and info.signal == 15
+    assert parse_sacct("") is None
