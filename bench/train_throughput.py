@@ -34,6 +34,8 @@ class BenchContext:
         self.run_id = "bench"
         self.run_dir = self.work_dir = outputs.parent
         self.outputs_dir = outputs
+        self.checkpoint_dir = outputs.with_name(outputs.name + "-checkpoints")  # one per run
+        self.stop_requested = False
         self.seed = seed
         self.data = data
         self.env: dict[str, Any] = {}
@@ -46,6 +48,9 @@ class BenchContext:
 
     def set_meta(self, key: str, value: Any) -> None:
         self.meta[key] = value
+
+    def on_stop(self, callback: Any) -> None:
+        pass  # nothing stops a bench run
 
     def last(self, name: str) -> float:
         return [v for n, v, _ in self.metrics if n == name][-1]

@@ -37,6 +37,7 @@ class ScriptModel(Model):
     Config = ScriptConfig
     runs_in_subprocess = True
     reads_data_config = False
+    graceful_stop = True  # the script gets the signal and decides (see run())
 
     def describe(self) -> str:
         c = self.config
@@ -95,16 +96,24 @@ class ScriptModel(Model):
             proc = subprocess.Popen(self.command(), cwd=ctx.work_dir, env=env)
         except FileNotFoundError as e:
             raise ModelError(f"cannot start {self.command()[0]}: {e.strerror}") from None
+        # the stop signal reaches the script (where it shares the worker's process group it
+        # may get it twice: a handler that sets a flag is safe); the script saves a checkpoint
+        # in $RUNNER_CHECKPOINT_DIR and exits, or the backend kills it after the grace period
+        ctx.on_stop(lambda: _signal(proc, signal.SIGTERM))
         try:
             return proc.wait()
         except BaseException:
-            # a cancel: the child got the same SIGTERM (same process group); give it time
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.send_signal(signal.SIGKILL)
-                proc.wait()
+            _signal(proc, signal.SIGKILL)
+            proc.wait()
             raise
+
+
+def _signal(proc: subprocess.Popen[bytes], sig: int) -> None:
+    if proc.poll() is None:
+        try:
+            proc.send_signal(sig)
+        except ProcessLookupError:
+            pass
 
 
 def _runner_path() -> str:

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import pluggy
 
-from runner.tracking import data_path, log_metric, outputs_dir
+from runner.tracking import checkpoint_dir, data_path, log_metric, outputs_dir
 
 __version__ = "0.1.0"
 
 #: Marks a function of a plugin module as a hook implementation (see :mod:`runner.hookspecs`).
 hookimpl = pluggy.HookimplMarker("runner")
 
-__all__ = ["data_path", "hookimpl", "log_metric", "outputs_dir", "__version__"]
+__all__ = ["checkpoint_dir", "data_path", "hookimpl", "log_metric", "outputs_dir", "__version__"]

@@ -185,6 +185,9 @@ class BackendConfig:
     slots: int = 1  #: how many runs may execute on the target at once
     gpus: str | None = None  #: GPUs the target offers: None, "all" or "0,1,2,3"
     max_data_mb: float | None = None  #: refuse runs whose data is larger (MiB); None = no limit
+    retries: int = 0  #: start a run that ended LOST again, from its checkpoint, this many times
+    retry_oom: bool = False  #: retry an OOM-killed run too
+    retry_backoff: float = 5.0  #: seconds before the first retry; doubled for each next one
 
 
 class RunHandle(ABC):

@@ -58,6 +58,15 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--skip-done", action="store_true",
                    help="sweeps: skip jobs whose key already succeeded")
     s.add_argument("overrides", nargs=argparse.REMAINDER, help="Hydra overrides and flags")
+    rs = add("resume", "start a new run that continues an ended one from its last checkpoint",
+             epilog="overrides replace the run's own (target=local_docker model.epochs=5); "
+                    "the code snapshot stays the run's.")
+    rs.add_argument("run", help="run id, a unique prefix or suffix of one, or 'last'")
+    rs.add_argument("--detach", "-d", action="store_true", help="return once the run has started")
+    rs.add_argument("overrides", nargs="*", help="Hydra overrides (key=value)")
+    wa = add("watch", "wait until a run ends and retry it as its retries say (submit --detach "
+             "starts this in the background for a run with retries)")
+    wa.add_argument("run", help="run id, a unique prefix or suffix of one, or 'last'")
     pr = add("prepare", "make the env of a composed config ready on its target (cached by content)",
              epilog=HYDRA_FLAGS_HELP, formatter_class=fmt)
     pr.add_argument("overrides", nargs=argparse.REMAINDER, help="Hydra overrides and flags")
@@ -223,6 +232,18 @@ def cmd_submit(args: argparse.Namespace) -> int:
     from runner import submit
 
     return submit.submit(_ctx(args), args)
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from runner import resume
+
+    return resume.resume(_ctx(args), args)
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    from runner import resume
+
+    return resume.watch(_ctx(args), args)
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
@@ -511,6 +532,8 @@ def cmd_fetch(args: argparse.Namespace) -> int:
 _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "submit": cmd_submit,
     "prepare": cmd_prepare,
+    "resume": cmd_resume,
+    "watch": cmd_watch,
     "runs": cmd_runs,
     "show": cmd_show,
     "logs": cmd_logs,

@@ -167,10 +167,15 @@ class Runs:
     # -- starting ---------------------------------------------------------------
     def record(self, plan: Plan, *, sweep_id: str | None = None, job_key: str | None = None,
                code_from: Path | None = None, code_manifest: dict[str, Any] | None = None,
-               gpus: str | None = None) -> tuple[RunRecord, RunSpec]:
-        """Create the ledger row and the run directory (request, config, meta, code)."""
+               gpus: str | None = None, parent: RunRecord | None = None,
+               attempt: int = 1) -> tuple[RunRecord, RunSpec]:
+        """Create the ledger row and the run directory (request, config, meta, code).
+
+        With ``parent`` (``runner resume``, a retry) the new run continues that one: it is
+        linked to it in the ledger, and starts with a copy of its checkpoints and metrics."""
         rec = self.store.create_run(target=plan.target_name, backend=plan.backend.name,
-                                    model=plan.model.name, sweep_id=sweep_id, job_key=job_key)
+                                    model=plan.model.name, sweep_id=sweep_id, job_key=job_key,
+                                    parent=parent.id if parent else None, attempt=attempt)
         rd = RunDir(rec.run_dir)
         values = plan.values
         if code_from is not None:
@@ -215,7 +220,12 @@ class Runs:
             "model_description": plan.model.describe(),
             "data_inputs": [d.record() for d in plan.data_inputs],
             "reads_data": type(plan.model).reads_data_config or bool(plan.data_inputs),
+            **({"parent": parent.id, "attempt": attempt} if parent else {}),
         }, hidden))
+        if parent is not None:
+            from runner.checkpoint import continue_from
+
+            continue_from(RunDir(parent.run_dir), rd)
         spec = RunSpec(run_id=rec.id, run_dir=rd.path, target_name=plan.target_name,
                        target=plan.backend.config, env=plan.env, model=plan.model.name,
                        project_root=self.project_root, gpus=gpus,

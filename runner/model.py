@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
@@ -32,6 +32,11 @@ class RunContext(Protocol):
     run_dir: Path  #: the run directory on the target
     work_dir: Path  #: where the project's code snapshot is (the working directory)
     outputs_dir: Path  #: put every artifact here; it comes back to the client
+    #: save what the model needs to continue here (weights, optimizer state, epoch). It
+    #: exists and is empty for a new run; ``runner resume`` (and a retry) start the new run
+    #: with the parent's copy in it, so a model that finds a checkpoint here continues from it
+    #: (scripts: ``$RUNNER_CHECKPOINT_DIR``)
+    checkpoint_dir: Path
     seed: int  #: the seed the worker gave Python's, NumPy's and the framework's RNGs
     #: the composed ``data`` config (plain values); the keys the model declared in
     #: :attr:`Model.data_paths` hold the in-target path of the data the run shipped
@@ -44,6 +49,16 @@ class RunContext(Protocol):
 
     def set_meta(self, key: str, value: Any) -> None:
         """Record a fact about the run (the device that trains it, dataset sizes)."""
+
+    @property
+    def stop_requested(self) -> bool:
+        """True once the run was asked to stop (a cancel, a time limit): a model with
+        :attr:`Model.graceful_stop` saves a checkpoint and returns soon after (at the next
+        batch or step). The backend kills the run after the target's ``cancel_grace``."""
+
+    def on_stop(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` (in the worker's main thread, from the signal handler) when the
+        stop signal arrives; keep it short (set a flag, forward the signal to a child)."""
 
 
 class Model(ABC):
@@ -65,6 +80,11 @@ class Model(ABC):
     #: :attr:`data_paths` (a user's script): a run that was given none has no data, whatever
     #: the default data choice, and ``runner show`` says so
     reads_data_config: ClassVar[bool] = True
+    #: True when the model stops by itself on the stop signal (SIGTERM from a cancel): the
+    #: worker then sets :attr:`RunContext.stop_requested` instead of interrupting
+    #: :meth:`run`, and the model saves a checkpoint in :attr:`RunContext.checkpoint_dir` and
+    #: returns (the run is recorded CANCELLED). False: the run is interrupted at once.
+    graceful_stop: ClassVar[bool] = False
 
     def __init__(self, config: Any) -> None:
         self.config = config

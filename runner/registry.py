@@ -25,6 +25,7 @@ BUILTIN_PLUGINS = (
     "runner.plugins.mlflow_mirror",
     "runner.plugins.plots",
     "runner.plugins.tensorboard",
+    "runner.plugins.notify",
     "runner.models.script",
     "runner.models.sentiment_cnn",
     "runner.models.hydra_job",

@@ -13,9 +13,11 @@ it into a container, copy it to a remote host, hand it to a Ray job) and bring i
     status.json     the current status, replaced atomically (see runner.backend.RunStatus)
     cancel          present once a cancel was requested
     outputs/        the run's artifacts
+    checkpoints/    what the model saved to continue later (``runner resume`` starts from it)
 
-Only the worker writes ``log.txt``, ``metrics.jsonl``, ``worker.json`` and ``outputs/``; the
-client writes the rest. ``status.json`` is written by the worker while it lives and by the
+Only the worker writes ``log.txt``, ``metrics.jsonl``, ``worker.json``, ``outputs/`` and
+``checkpoints/``; the client writes the rest (and, for a resumed run, seeds ``checkpoints/``
+and ``metrics.jsonl`` with its parent's before the worker starts). ``status.json`` is written by the worker while it lives and by the
 client when it records what the worker could not (a kill, a loss).
 """
 
@@ -43,6 +45,7 @@ CONFIG = "config.yaml"
 CANCEL = "cancel"
 CODE = "code"
 OUTPUTS = "outputs"
+CHECKPOINTS = "checkpoints"
 
 
 def disk_full(path: Path) -> bool:
@@ -105,6 +108,17 @@ class RunDir:
     @property
     def code(self) -> Path:
         return self.path / CODE
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / CHECKPOINTS
+
+    def has_checkpoint(self) -> bool:
+        """True when the model left anything in ``checkpoints/``."""
+        try:
+            return any(self.checkpoints.iterdir())
+        except OSError:
+            return False
 
     # -- request / meta --------------------------------------------------------
     def write_request(self, request: dict[str, Any]) -> None:

@@ -40,7 +40,9 @@ CREATE TABLE IF NOT EXISTS runs (
     locator   TEXT,
     summary   TEXT NOT NULL DEFAULT '{}',
     finished  REAL,
-    creator   TEXT
+    creator   TEXT,
+    parent    TEXT,
+    attempt   INTEGER NOT NULL DEFAULT 1
 );
 CREATE INDEX IF NOT EXISTS runs_state ON runs(state);
 CREATE INDEX IF NOT EXISTS runs_sweep ON runs(sweep_id);
@@ -77,6 +79,10 @@ class RunRecord:
     run_dir: Path
     #: the process that created the row (host, pid, start time; see :func:`runner.proc.identity`)
     creator: dict[str, Any] | None = None
+    #: the run this one continues (``runner resume``, a retry), None for a fresh run
+    parent: str | None = None
+    #: 1 for a fresh run or a resume by hand; a retry is its parent's attempt + 1
+    attempt: int = 1
 
     @classmethod
     def _from_row(cls, row: sqlite3.Row, runs_dir: Path) -> RunRecord:
@@ -90,6 +96,8 @@ class RunRecord:
             summary=json.loads(row["summary"] or "{}"), finished=row["finished"],
             run_dir=runs_dir / row["id"],
             creator=json.loads(row["creator"]) if "creator" in row.keys() and row["creator"] else None,
+            parent=row["parent"] if "parent" in row.keys() else None,
+            attempt=int(row["attempt"] or 1) if "attempt" in row.keys() else 1,
         )
 
 
@@ -175,6 +183,10 @@ class Store:
             cols = {r["name"] for r in db.execute("PRAGMA table_info(runs)")}
             if "creator" not in cols:  # a ledger made by an older runner
                 db.execute("ALTER TABLE runs ADD COLUMN creator TEXT")
+            if "parent" not in cols:
+                db.execute("ALTER TABLE runs ADD COLUMN parent TEXT")
+            if "attempt" not in cols:
+                db.execute("ALTER TABLE runs ADD COLUMN attempt INTEGER NOT NULL DEFAULT 1")
 
     @staticmethod
     def home_for(root: Path) -> Path:
@@ -209,6 +221,7 @@ class Store:
     def create_run(
         self, *, target: str, backend: str, model: str, sweep_id: str | None = None,
         job_key: str | None = None, creator: Mapping[str, Any] | None = None,
+        parent: str | None = None, attempt: int = 1,
     ) -> RunRecord:
         """Add a QUEUED run and make its directory. The row names its creator (this process
         unless ``creator`` says otherwise) from the moment it exists, so that no other process
@@ -223,9 +236,10 @@ class Store:
                 with self._connect() as db:
                     db.execute(
                         "INSERT INTO runs (id, created, updated, state, target, backend, model,"
-                        " sweep_id, job_key, creator) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                        " sweep_id, job_key, creator, parent, attempt)"
+                        " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                         (run_id, now, now, RunState.QUEUED.value, target, backend, model,
-                         sweep_id, job_key, who),
+                         sweep_id, job_key, who, parent, attempt),
                     )
                 break
             except sqlite3.IntegrityError:
@@ -235,7 +249,7 @@ class Store:
             _write_json(self.runs_dir / run_id / ROW_JSON, {
                 "id": run_id, "created": now, "target": target, "backend": backend,
                 "model": model, "sweep_id": sweep_id, "job_key": job_key,
-                "creator": json.loads(who)})
+                "creator": json.loads(who), "parent": parent, "attempt": attempt})
         except OSError as e:
             raise ledger_error(e, self.runs_dir / run_id) from None
         return self.get(run_id)
@@ -308,6 +322,13 @@ class Store:
             f"({', '.join(r['id'] for r in rows[:5])}{', ...' if len(rows) > 5 else ''}).",
             "give more characters of the id.",
         )
+
+    def children(self, run_id: str) -> list[RunRecord]:
+        """The runs that continue ``run_id`` (resumed or retried from it), oldest first."""
+        with self._connect() as db:
+            rows = db.execute("SELECT * FROM runs WHERE parent=? ORDER BY created",
+                              (run_id,)).fetchall()
+        return [RunRecord._from_row(r, self.runs_dir) for r in rows]
 
     def list(
         self, *, limit: int | None = None, states: tuple[RunState, ...] = (), sweep_id: str | None = None
@@ -423,7 +444,7 @@ def rebuild(home: Path) -> RebuildReport:
             db.execute(
                 "INSERT OR REPLACE INTO runs (id, created, updated, state, exit_code, oom, message,"
                 " target, backend, model, env_key, sweep_id, job_key, locator, summary, finished,"
-                " creator) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                " creator, parent, attempt) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (d.name, created, time.time(), st.state.value, st.exit_code, int(st.oom),
                  st.message,
                  str(row.get("target") or (meta.get("choices") or {}).get("target") or "?"),
@@ -434,6 +455,7 @@ def rebuild(home: Path) -> RebuildReport:
                  json.dumps(RunDir(d).summary()),
                  (d / "status.json").stat().st_mtime if st.terminal and (d / "status.json").exists()
                  else None,
-                 json.dumps(row.get("creator")) if row.get("creator") else None))
+                 json.dumps(row.get("creator")) if row.get("creator") else None,
+                 row.get("parent"), int(row.get("attempt") or 1)))
             report.runs += 1
     return report

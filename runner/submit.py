@@ -30,6 +30,7 @@ def _err(text: str) -> None:
 def submit(ctx: CommandContext, args: argparse.Namespace) -> int:
     """Run each composed job (a sweep with ``-m``); the exit code says how they ended."""
     from runner.compose import compose_and_run
+    from runner.resume import WATCH_LOG, RetryPolicy, follow, spawn_watcher
     from runner.sweep import JobFailed, Sweep, SweepCancelled
 
     runs = ctx.runs
@@ -41,6 +42,7 @@ def submit(ctx: CommandContext, args: argparse.Namespace) -> int:
 
     def task(job: ComposedJob) -> Any:
         plan = runs.plan(job.cfg, job.overrides, job.choices)
+        policy = RetryPolicy.of(plan)  # checked before anything starts
         prefix = f"[job {job.num}] " if job.num is not None else ""
         rec, spec = runs.record(plan)
         _err(f"{prefix}run {rec.id}: target {plan.target_name} ({plan.backend.name}), "
@@ -49,10 +51,13 @@ def submit(ctx: CommandContext, args: argparse.Namespace) -> int:
             f"{prefix}env {plan.env.name}: {p.reason} [{p.env_key}]"))
         if args.detach:
             _err(f"{prefix}started; follow with: runner logs {rec.id} -f")
+            if policy.retries:  # someone must be there to retry it: a watcher of its own
+                _err(f"{prefix}retries: {policy.retries}, by a watcher in the background (pid "
+                     f"{spawn_watcher(runs, rec.id)}; its notes: {rec.run_dir / WATCH_LOG})")
             return rec.id
-        st = stream(runs, rec.id, handle, prefix)
-        outcome["code"] = max(outcome["code"], final_line(runs, rec.id, st, prefix))
-        return rec.id
+        last, st = follow(runs, plan, rec, handle, prefix, policy)  # with its retries, if any
+        outcome["code"] = max(outcome["code"], final_line(runs, last, st, prefix))
+        return last
 
     try:
         compose_and_run(args.overrides, task, runs, sweep=sweep)
@@ -85,13 +90,33 @@ def submit(ctx: CommandContext, args: argparse.Namespace) -> int:
     return sweep.exit_code()
 
 
-def stream(runs: Runs, run_id: str, handle: RunHandle, prefix: str = "") -> RunStatus:
-    """Print the log until the run ends; Ctrl-C cancels the run and waits until it stopped."""
+def stream(runs: Runs, run_id: str, handle: RunHandle, prefix: str = "",
+           patience: float | None = None) -> RunStatus:
+    """Print the log until the run ends; Ctrl-C cancels the run and waits until it stopped.
+
+    With ``patience`` (seconds between tries), a target that stops answering is asked again
+    until it answers, and the log goes on from where it was: the run keeps its last known
+    state meanwhile (it is never taken for lost while nobody can tell)."""
     offset = 0
+    noted = False
     try:
-        for offset, line in runs.follow(handle):  # noqa: B007 - offset kept for the resume below
-            sys.stdout.write(prefix + line)
-            sys.stdout.flush()
+        while True:
+            try:
+                for pos, line in runs.follow(handle, offset):
+                    offset = pos  # where the log goes on after an outage, or after a cancel
+                    sys.stdout.write(prefix + line)
+                    sys.stdout.flush()
+                break
+            except Exception as e:
+                if patience is None:
+                    raise
+                if not noted:
+                    why = str(e).splitlines()[0] if str(e) else type(e).__name__
+                    _err(f"{prefix}run {run_id}: its target did not answer ({why}); the run "
+                         f"keeps its last known state, asked again every {patience:g}s")
+                    noted = True
+                time.sleep(patience)
+                continue
     except KeyboardInterrupt:
         old = signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not orphan it
         try:

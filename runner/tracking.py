@@ -49,6 +49,16 @@ def outputs_dir() -> Path:
     return path
 
 
+def checkpoint_dir() -> Path:
+    """Where the current run saves what it needs to go on (``$RUNNER_CHECKPOINT_DIR``); a run
+    that continues another (``runner resume``, a retry) finds its parent's copy there.
+    ``./checkpoints`` outside a run."""
+    value = os.environ.get("RUNNER_CHECKPOINT_DIR")
+    path = Path(value) if value else Path("checkpoints")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def data_path(key: str = "path") -> Path | None:
     """Where the run's ``data.KEY`` lies on the target (None when the run has none)."""
     value = os.environ.get(f"{ENV_DATA_PREFIX}{key.upper()}")

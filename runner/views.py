@@ -121,7 +121,9 @@ def runs_table(runs: Runs, *, limit: int | None, states: tuple[RunState, ...] = 
         t.add_column(col, no_wrap=col != "metrics")
     for r in records:
         model = RunDir(r.run_dir).meta().get("model_description", r.model)
-        t.add_row(r.id, _state(r.state.value), r.target, model, key_metrics(r.summary), age(r.created))
+        how = (f" (attempt {r.attempt})" if r.attempt > 1 else " (resumed)") if r.parent else ""
+        t.add_row(r.id, _state(r.state.value) + how, r.target, model, key_metrics(r.summary),
+                  age(r.created))
     console().print(t)
     if total is not None:
         _note(f"showing {len(records)} of {total}; `-n 0` for all")
@@ -148,6 +150,8 @@ def show_run(runs: Runs, ref: str) -> int:
     t.add_column(overflow="fold")
     for k, v in _facts(rec, meta, worker):
         t.add_row(k, str(v))
+    for k, v in _continuation(runs, rec, rd):
+        t.add_row(k, str(v))
     con.print(t)
     _metrics_table(con, rd.read_metrics())
     files, links = output_files(rd.outputs)
@@ -162,6 +166,20 @@ def show_run(runs: Runs, ref: str) -> int:
         for rel in links[:10]:
             con.print(f"  {rel}  (a link: not followed, not fetched)", markup=False)
     return 0
+
+
+def _continuation(runs: Runs, rec: RunRecord, rd: Any) -> list[tuple[str, str]]:
+    """The rows about checkpoints: what the run left, and the runs that continued it."""
+    from runner.checkpoint import checkpoint_size
+
+    rows = []
+    files, size = checkpoint_size(rd)
+    if files:
+        rows.append(("checkpoint", f"{files} files, {size:,} bytes in {rd.checkpoints}"))
+    for child in runs.store.children(rec.id):
+        how = f"retry, attempt {child.attempt}" if child.attempt > 1 else "resumed"
+        rows.append(("continued by", f"{child.id} ({how}) {child.state.value}"))
+    return rows
 
 
 #: how many output files ``runner show`` lists
@@ -208,6 +226,9 @@ def _facts(rec: RunRecord, meta: dict[str, Any], worker: dict[str, Any]) -> list
         rows.append(("locator", "  ".join(f"{k} {v}" for k, v in rec.locator.items())))
     if rec.sweep_id:
         rows.append(("sweep", rec.sweep_id))
+    if rec.parent:
+        how = f"retry, attempt {rec.attempt}" if rec.attempt > 1 else "resumed"
+        rows.append(("continues", f"{rec.parent} ({how}: started from its checkpoint)"))
     git = meta.get("git") or {}
     if git:
         rows.append(("git", f"{git.get('commit', '')[:12]}" + (" (dirty: uncommitted diff recorded)"

@@ -20,7 +20,7 @@ import subprocess
 import sys
 import time
 import traceback
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -32,21 +32,48 @@ from runner.secrets import StreamMasker, mask_text, mask_values, resolve_refs
 
 
 class Cancelled(BaseException):
-    """Raised in the worker when SIGTERM arrives (a cancel)."""
+    """Raised in the worker when SIGTERM arrives (a cancel) and the model does not stop by
+    itself (:attr:`runner.model.Model.graceful_stop` is False)."""
+
+
+#: the environment variable that names the run's checkpoint folder (for scripts)
+CHECKPOINT_ENV = "RUNNER_CHECKPOINT_DIR"
+
+
+class _Stop:
+    """The stop signal as the worker received it: raised at once as :class:`Cancelled`, or,
+    for a model that stops by itself, a flag it reads plus the callbacks it registered."""
+
+    def __init__(self) -> None:
+        self.graceful = False
+        self.requested = False
+        self.callbacks: list[Callable[[], None]] = []
+
+    def __call__(self, signum: int, frame: FrameType | None) -> None:
+        if not self.graceful:
+            raise Cancelled()
+        first = not self.requested
+        self.requested = True
+        if first:  # os.write: a print here could re-enter one the main thread is in
+            os.write(1, b"[runner] stop requested: the model saves a checkpoint and stops\n")
+        for cb in list(self.callbacks):
+            cb()
 
 
 class _Context:
     """The :class:`runner.model.RunContext` the worker hands to a model."""
 
     def __init__(self, rd: RunDir, request: RunRequest, info: dict[str, Any],
-                 data: Mapping[str, Any], hidden: list[str]) -> None:
+                 data: Mapping[str, Any], hidden: list[str], stop: _Stop | None = None) -> None:
         self._rd = rd
+        self._stop = stop or _Stop()
         self._info = info
         self._hidden = hidden
         self.run_id: str = request.run_id
         self.run_dir = rd.path
         self.work_dir = rd.code if rd.code.is_dir() else rd.path
         self.outputs_dir = rd.outputs
+        self.checkpoint_dir = rd.checkpoints
         self.seed: int = request.seed
         self.data: Mapping[str, Any] = data
         self.env: Mapping[str, Any] = request.env
@@ -58,6 +85,13 @@ class _Context:
     def set_meta(self, key: str, value: Any) -> None:
         self._info.setdefault("meta", {})[key] = value
         _write_info(self._rd, self._info, self._hidden)
+
+    @property
+    def stop_requested(self) -> bool:
+        return self._stop.requested
+
+    def on_stop(self, callback: Callable[[], None]) -> None:
+        self._stop.callbacks.append(callback)
 
 
 def resolve_env_refs(value: Any) -> Any:
@@ -191,20 +225,19 @@ def _masked_output(secret_values: list[str]) -> Any:
     return restore
 
 
-def _on_sigterm(signum: int, frame: FrameType | None) -> None:
-    raise Cancelled()
-
-
 def run(run_dir: Path) -> int:
     """Execute the run in ``run_dir``; return the process exit code."""
     rd = RunDir(run_dir)
     # the client wrote secrets (and copies of them) as ${oc.env:VAR}: resolved here, in memory
     request = RunRequest.from_dict(resolve_env_refs(rd.request()))
     hidden = [os.environ.get(v, "") for v in request.secret_env]
-    signal.signal(signal.SIGTERM, _on_sigterm)
+    stop = _Stop()
+    signal.signal(signal.SIGTERM, stop)
     os.environ["RUNNER_RUN_DIR"] = str(rd.path)
     os.environ["RUNNER_OUTPUTS"] = str(rd.outputs)
+    os.environ[CHECKPOINT_ENV] = str(rd.checkpoints)
     rd.outputs.mkdir(exist_ok=True)
+    rd.checkpoints.mkdir(exist_ok=True)
     if request.gpus not in (None, "", "all"):
         os.environ.setdefault("CUDA_VISIBLE_DEVICES", str(request.gpus))
     info: dict[str, Any] = {
@@ -248,12 +281,20 @@ def run(run_dir: Path) -> int:
             _write_info(rd, info, hidden)
         seed_everything(request.seed, seed_numpy=not model_cls.runs_in_subprocess)
         model = model_cls.from_mapping(dict(request.model_config))
-        ctx = _Context(rd, request, info, data, hidden)
+        ctx = _Context(rd, request, info, data, hidden, stop)
+        stop.graceful = model_cls.graceful_stop
+        if stop.graceful and rd.cancel_requested:  # the signal came before the model could act
+            stop.requested = True
         os.chdir(ctx.work_dir)
         print(f"[runner] run {ctx.run_id}: model {model.describe()} on {info['host']}, seed {ctx.seed}",
               flush=True)
         try:
-            code = int(model.run(ctx) or 0)
+            try:
+                code = int(model.run(ctx) or 0)
+            except Exception:
+                if stop.requested:  # a model may stop by raising at its next step
+                    raise Cancelled() from None
+                raise
         except ModelError as e:
             raise _Fail(str(e)) from None
         except ModuleNotFoundError as e:
@@ -261,13 +302,16 @@ def run(run_dir: Path) -> int:
                 raise
             raise _Fail(f"model {model_cls.name} needs {', '.join(model_cls.requires)} in the "
                         f"run's environment: {e}") from None
+        if stop.requested:  # the model stopped on the signal (its checkpoint saved)
+            raise Cancelled()
         status = RunStatus(
             RunState.SUCCEEDED if code == 0 else RunState.FAILED,
             exit_code=code,
             message="" if code == 0 else f"exited with code {code}",
         )
     except Cancelled:
-        status = RunStatus(RunState.CANCELLED, exit_code=143, message="cancelled")
+        status = RunStatus(RunState.CANCELLED, exit_code=143, message="cancelled" + (
+            " (checkpoint saved: runner resume continues it)" if rd.has_checkpoint() else ""))
     except _Fail as e:
         print(f"[runner] error: {e}", file=sys.stderr, flush=True)
         status = RunStatus(RunState.FAILED, exit_code=1, message=str(e))

@@ -53,6 +53,7 @@ class SentimentCNN(Model):
     name = "sentiment_cnn"
     Config = SentimentCNNConfig
     requires = ("tensorflow", "keras>=3", "matplotlib")
+    graceful_stop = True  # stops at the next batch, its last epoch checkpointed (checkpoints.py)
     #: data.path: imdb.npz, an aclImdb archive or tree, or text_files' file/folder/archive
     data_paths: ClassVar[Mapping[str, str]] = {"path": "any", "word_index": "file"}
 

@@ -18,7 +18,7 @@ import numpy as np
 
 from runner.errors import UserError
 from runner.model import ModelError, RunContext
-from runner.models.sentiment_cnn import datasets
+from runner.models.sentiment_cnn import checkpoints, datasets
 from runner.models.sentiment_cnn.model import SentimentCNNConfig, missing_framework
 from runner.models.sentiment_cnn.vocab import FILE_NAME as VOCAB_FILE
 from runner.models.sentiment_cnn.vocab import Vocabulary, fit_length
@@ -269,18 +269,20 @@ def train(c: SentimentCNNConfig, spec: datasets.DataSpec, ctx: RunContext) -> in
         if fold.number:
             keras.utils.set_random_seed(ctx.seed + fold.number)
         model = build(keras, c, fold.vocabulary.num_words, None if c.bucket_by_length else c.maxlen)
-        history: dict[str, list[float]] = {}
         step0 = (fold.number - 1) * c.epochs if fold.number else 0
+        # a resumed run's curve starts with the epochs its checkpoint holds
+        history = checkpoints.history_so_far(ctx, fold.number, step0, _EPOCH_METRICS)
         recorder = _recorder(keras, ctx, sizes["train"], step0, history)
         board = _tensorboard(keras, out, fold.number)
+        saving = checkpoints.callbacks(keras, ctx, fold.number)  # after the others
         if c.bucket_by_length:
             model.fit(_bucketed(keras, fold.x_train, fold.y_train, c, ctx.seed + fold.number),
                       epochs=c.epochs, validation_data=(fold.x_val, fold.y_val), shuffle=False,
-                      callbacks=[recorder, *board], verbose=c.verbose)  # the batches come shuffled
+                      callbacks=[recorder, *board, *saving], verbose=c.verbose)  # the batches come shuffled
         else:
             x_train = fit_length(fold.x_train, c.maxlen, c.padding, c.truncating)
             model.fit(x_train, fold.y_train, batch_size=c.batch_size, epochs=c.epochs,
-                      validation_data=(fold.x_val, fold.y_val), callbacks=[recorder, *board],
+                      validation_data=(fold.x_val, fold.y_val), callbacks=[recorder, *board, *saving],
                       verbose=c.verbose)
         loss, acc = model.evaluate(fold.x_test, fold.y_test, batch_size=256, verbose=0)[:2]
         results.append((float(loss), float(acc)))

@@ -22,8 +22,8 @@ REMOTE_JSON = "remote.json"
 _FS_ERRORS = ("No space left", "Read-only", "Permission denied", "Not a directory",
               "Disk quota exceeded")
 #: Files of the local run directory that never travel (the worker writes them on the target).
-_NOT_SHIPPED = {CODE, OUTPUTS, LOG, "metrics.jsonl", "worker.json", "status.json", "cancel",
-                REMOTE_JSON}
+#: ``metrics.jsonl`` does: a resumed run starts with its parent's, and a new run has none.
+_NOT_SHIPPED = {CODE, OUTPUTS, LOG, "worker.json", "status.json", "cancel", REMOTE_JSON}
 
 
 @dataclass

@@ -23,7 +23,7 @@ from runner.plugins import _store as store
 from runner.plugins.remote_docker.config import _FS_ERRORS, _NOT_SHIPPED, _q
 from runner.plugins.remote_docker.host import workdir_error
 from runner.request import RunRequest
-from runner.rundir import LOG, RunDir
+from runner.rundir import CHECKPOINTS, LOG, RunDir
 from runner.units import size_text
 
 if TYPE_CHECKING:
@@ -149,6 +149,11 @@ def ship(b: RemoteDockerBackend, spec: RunSpec, request: RunRequest, rd: RunDir,
         for p in sorted(rd.path.iterdir()):
             if p.name not in _NOT_SHIPPED and p.is_file():
                 add(f"run/{p.name}", p.read_bytes())
+        # a run that continues another (runner resume, a retry) starts from its checkpoint
+        for p in sorted(rd.checkpoints.rglob("*")) if rd.checkpoints.is_dir() else []:
+            if p.is_file() and not p.is_symlink():
+                add(f"run/{CHECKPOINTS}/{p.relative_to(rd.checkpoints).as_posix()}",
+                    p.read_bytes())
         if secrets_env:
             # secrets go in a 0600 file read by `docker run --env-file`, removed right after
             # the start: never on a command line, never in the run directory that comes back
