@@ -224,10 +224,17 @@ def _recorder(keras: Any, ctx: RunContext, n_train: int, step0: int, history: di
 
 def _tensorboard(keras: Any, out: Path, fold: int) -> list[Any]:
     """Keras's TensorBoard callback writing into ``outputs/tensorboard`` (one folder per
-    cross-validation fold); none where it cannot write (it needs TensorFlow's summaries)."""
-    try:
-        import tensorflow  # noqa: F401  (the callback writes through tf.summary)
-    except ImportError:
+    cross-validation fold); none where it cannot write: it needs TensorFlow's summaries, which
+    need the tensorboard package (TensorFlow 2.21 no longer installs it; an env that lacks it
+    still trains, with one line saying why there are no TensorBoard logs)."""
+    import importlib.util
+
+    if importlib.util.find_spec("tensorflow") is None:
+        return []
+    if importlib.util.find_spec("tensorboard") is None:
+        if fold <= 1:
+            print("[sentiment_cnn] no TensorBoard logs: the env lacks the tensorboard package "
+                  "(add it to env.requirements for `runner tensorboard`)", flush=True)
         return []
     log_dir = out / TENSORBOARD_DIR / (f"fold{fold}" if fold else "")
     return [keras.callbacks.TensorBoard(log_dir=str(log_dir), write_graph=False, profile_batch=0)]
