@@ -26,7 +26,7 @@ from runner.backend import (
     RunStatus,
 )
 from runner.bundle import cache_root, worker_bundle
-from runner.environment import env_inputs, env_key, explain_miss
+from runner.environment import build_venv, env_inputs, env_key, explain_miss
 from runner.errors import UserError
 from runner.proc import env_values, proc_stat
 from runner.request import DATA_DIR_ENV
@@ -228,34 +228,8 @@ class LocalBackend(Backend):
         ] if root.is_dir() else []
         reason = explain_miss(inputs, cached)
         print(f"[runner] env {spec.env.name}: {reason}; building virtualenv {key}", flush=True)
-        self._build(venv, py, inputs, bundle)
+        build_venv(venv, py, inputs, bundle)
         return Prepared(key, False, reason, {"python": str(venv / "bin" / "python")})
-
-    def _build(self, venv: Path, py: str, inputs: Mapping[str, Any], bundle: Path) -> None:
-        tmp = venv.with_name(venv.name + f".building-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.parent.mkdir(parents=True, exist_ok=True)
-        subprocess.run([py, "-m", "venv", str(tmp)], check=True)
-        reqs = list(inputs["requirements"])
-        if reqs:
-            proc = subprocess.run(
-                [str(tmp / "bin" / "python"), "-m", "pip", "install", "--disable-pip-version-check", *reqs]
-            )
-            if proc.returncode != 0:
-                shutil.rmtree(tmp, ignore_errors=True)
-                raise UserError(
-                    f"env: pip could not install the requirements (exit {proc.returncode}).",
-                    "the pip output above says which requirement failed.",
-                )
-        site = next((tmp / "lib").glob("python*/site-packages"))
-        (site / "runner-worker.pth").write_text(str(bundle) + "\n")
-        (tmp / "inputs.json").write_text(json.dumps(inputs, indent=1, sort_keys=True))
-        (tmp / ".complete").touch()
-        # The venv's scripts hard-code the path they were made at; only bin/python is used.
-        try:
-            os.replace(tmp, venv)
-        except OSError:  # another prepare finished the same key first
-            shutil.rmtree(tmp, ignore_errors=True)
 
     # -- runs -----------------------------------------------------------------
     def submit(self, spec: RunSpec, prepared: Prepared) -> RunHandle:

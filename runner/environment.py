@@ -11,12 +11,44 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
+import subprocess
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from runner.backend import EnvSpec
 from runner.errors import UserError
+
+
+def build_venv(venv: Path, python: str, inputs: Mapping[str, Any], bundle: Path) -> None:
+    """Make the virtualenv ``venv`` of an env key: ``python -m venv``, its requirements
+    (``inputs["requirements"]``), the worker bundle on its path, and its inputs recorded
+    (``inputs.json``, what a later miss is explained against). Built beside it and renamed
+    into place, so a half-built env is never used; a concurrent build of the same key wins
+    once. A requirement pip cannot install is a UserError (pip's output says which)."""
+    tmp = venv.with_name(f"{venv.name}.building-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run([python, "-m", "venv", str(tmp)], check=True)
+    reqs = [str(r) for r in inputs["requirements"]]
+    if reqs:
+        proc = subprocess.run([str(tmp / "bin" / "python"), "-m", "pip", "install",
+                               "--disable-pip-version-check", *reqs])
+        if proc.returncode != 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise UserError(f"env: pip could not install the requirements (exit {proc.returncode}).",
+                            "the pip output above says which requirement failed.")
+    site = next((tmp / "lib").glob("python*/site-packages"))
+    (site / "runner-worker.pth").write_text(str(bundle) + "\n")
+    (tmp / "inputs.json").write_text(json.dumps(dict(inputs), indent=1, sort_keys=True))
+    (tmp / ".complete").touch()
+    # the venv's scripts hard-code the path they were made at; only bin/python is used
+    try:
+        os.replace(tmp, venv)
+    except OSError:  # another client built the same key first
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def expand_requirements(lines: Iterable[str], root: Path, _seen: frozenset[Path] = frozenset()) -> list[str]:

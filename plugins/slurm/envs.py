@@ -12,7 +12,7 @@ from pathlib import Path
 
 from runner.backend import EnvSpec, Prepared
 from runner.bundle import cache_root, worker_bundle
-from runner.environment import env_inputs, env_key, explain_miss
+from runner.environment import build_venv, env_inputs, env_key, explain_miss
 from runner.errors import UserError
 
 
@@ -51,7 +51,7 @@ def prepare_env(env: EnvSpec, work_dir: str | None) -> Prepared:
               if (p.parent / ".complete").exists()]
     reason = explain_miss(inputs, cached)
     print(f"[runner] env {env.name}: {reason}; building virtualenv {key} in {root}", flush=True)
-    _build(venv, py, inputs, bundle)
+    build_venv(venv, py, inputs, bundle)
     return Prepared(key, False, reason, details)
 
 
@@ -68,26 +68,3 @@ def _shared_bundle(root: Path) -> Path:
         except OSError:  # another client copied it first
             shutil.rmtree(tmp, ignore_errors=True)
     return dest
-
-
-def _build(venv: Path, py: str, inputs: dict[str, object], bundle: Path) -> None:
-    tmp = venv.with_name(f"{venv.name}.building-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.parent.mkdir(parents=True, exist_ok=True)
-    subprocess.run([py, "-m", "venv", str(tmp)], check=True)
-    reqs = [str(r) for r in inputs["requirements"]]  # type: ignore[attr-defined]
-    if reqs:
-        proc = subprocess.run([str(tmp / "bin" / "python"), "-m", "pip", "install",
-                               "--disable-pip-version-check", *reqs])
-        if proc.returncode != 0:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise UserError(f"env: pip could not install the requirements (exit {proc.returncode}).",
-                            "the pip output above says which requirement failed.")
-    site = next((tmp / "lib").glob("python*/site-packages"))
-    (site / "runner-worker.pth").write_text(str(bundle) + "\n")
-    (tmp / "inputs.json").write_text(json.dumps(inputs, indent=1, sort_keys=True))
-    (tmp / ".complete").touch()
-    try:
-        os.replace(tmp, venv)
-    except OSError:  # another client built the same key first
-        shutil.rmtree(tmp, ignore_errors=True)
