@@ -29,6 +29,16 @@ def testbed() -> dict[str, str]:
     return out
 
 
+def timed(argv: list[str], cwd: Path, what: str) -> float:
+    """Wall seconds of one command (output captured); exits with its output if it failed."""
+    t0 = time.perf_counter()
+    proc = subprocess.run(argv, cwd=cwd, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        sys.exit(f"{what} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
+    return wall
+
+
 @dataclass
 class Submitted:
     """What one ``runner submit`` left: its exit code, wall time, metrics and worker facts."""

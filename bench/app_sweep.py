@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+from _common import timed
 
 APP = """\
 import time
@@ -40,12 +40,7 @@ if __name__ == "__main__":
 def _sweep(project: Path, jobs: int, seconds: float, *launcher: str) -> float:
     argv = [sys.executable, "app.py", "-m", f"+seconds={seconds}",
             "+x=" + ",".join(str(i) for i in range(jobs)), *launcher]
-    t0 = time.perf_counter()
-    proc = subprocess.run(argv, cwd=project, capture_output=True, text=True)
-    wall = time.perf_counter() - t0
-    if proc.returncode != 0:
-        sys.exit(f"sweep failed ({' '.join(launcher)}):\n{proc.stderr[-3000:]}")
-    return wall
+    return timed(argv, project, f"sweep ({' '.join(launcher)})")
 
 
 def main() -> None:

@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+from _common import timed
 
 JOB = "import sys, time\ntime.sleep(float(sys.argv[1]))\n"
 #: the same job as a plain Hydra app, which is what hydra-submitit-launcher runs
@@ -36,30 +36,21 @@ if __name__ == "__main__":
 """
 
 
-def _timed(argv: list[str], cwd: Path) -> tuple[float, str]:
-    t0 = time.perf_counter()
-    proc = subprocess.run(argv, cwd=cwd, capture_output=True, text=True)
-    wall = time.perf_counter() - t0
-    if proc.returncode != 0:
-        sys.exit(f"{argv[2:5]} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
-    return wall, proc.stderr
-
-
 def _runner(project: Path, jobs: int, parallel: int, seconds: float) -> float:
     values = ",".join(f"[{seconds},{i}]" for i in range(jobs))
-    wall, _ = _timed([sys.executable, "-m", "runner.cli", "submit", "-m", "model=script",
+    wall = timed([sys.executable, "-m", "runner.cli", "submit", "-m", "model=script",
                       "model.path=job.py", "target=slurm", f"model.args={values}",
                       f"hydra.launcher.max_parallel={parallel}", "hydra.launcher.show_logs=false"],
-                     project)
+                    project, "runner launcher")
     return wall
 
 
 def _submitit(project: Path, jobs: int, parallel: int, seconds: float) -> float:
-    wall, _ = _timed([sys.executable, "app.py", "-m", "hydra/launcher=submitit_slurm",
+    wall = timed([sys.executable, "app.py", "-m", "hydra/launcher=submitit_slurm",
                       f"+seconds={seconds}", f"+i={','.join(str(i) for i in range(jobs))}",
                       f"hydra.launcher.array_parallelism={parallel}", "hydra.launcher.timeout_min=5",
                       "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=1",
-                      f"hydra.sweep.dir={project / 'multirun'}"], project)
+                      f"hydra.sweep.dir={project / 'multirun'}"], project, "submitit launcher")
     return wall
 
 

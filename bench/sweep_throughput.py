@@ -16,11 +16,11 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+from _common import timed
 
 JOB = "import sys, time\ntime.sleep(float(sys.argv[1]))\n"
 
@@ -29,12 +29,7 @@ def _sweep(project: Path, jobs: int, seconds: float, *extra: str) -> float:
     values = ",".join(f"[{seconds},{i}]" for i in range(jobs))
     argv = [sys.executable, "-m", "runner.cli", "submit", "-m", "model=script", "model.path=job.py",
             "target=bench", f"model.args={values}", *extra]
-    t0 = time.perf_counter()
-    proc = subprocess.run(argv, cwd=project, capture_output=True, text=True)
-    wall = time.perf_counter() - t0
-    if proc.returncode != 0:
-        sys.exit(f"sweep failed ({' '.join(extra) or 'runner launcher'}):\n{proc.stderr[-3000:]}")
-    return wall
+    return timed(argv, project, f"sweep ({' '.join(extra) or 'runner launcher'})")
 
 
 def main() -> None:
