@@ -296,3 +296,44 @@ def test_a_detached_run_is_retried_by_its_watcher(project: Path) -> None:
     while (st := proc_stat(watcher)) is not None and st.state not in ("Z", "X"):
         assert time.monotonic() < deadline, "the watcher outlived its run"
         time.sleep(0.2)
+
+
+def test_a_sweep_job_whose_worker_is_killed_is_retried_and_the_others_run_on(project: Path) -> None:
+    (project / "epochs.py").write_text(EPOCHS)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "runner.cli", "submit", "-m", "model=script", "model.path=epochs.py",
+         "model.args=[3,0.5]", "seed=1,2", "retries=1", "target.retry_backoff=0.2"],
+        cwd=project, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)})
+    runs = project / ".runner" / "runs"
+    deadline = time.monotonic() + 90
+
+    def seed_of(d: Path) -> int:
+        return json.loads((d / "request.json").read_text())["seed"]
+
+    victim = None
+    while victim is None:
+        assert time.monotonic() < deadline and proc.poll() is None, "epoch 1 never ended"
+        for d in runs.glob("*"):
+            log = d / "log.txt"
+            if (d / "request.json").exists() and seed_of(d) == 1 and log.exists() \
+                    and "epoch 1 done" in log.read_text():
+                victim = d.name
+        time.sleep(0.05)
+    os.killpg(json.loads((runs / victim / "worker.json").read_text())["pid"], signal.SIGKILL)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert f"{victim} LOST" in err and "attempt 2 of 2" in err and "from its checkpoint" in err
+    by_seed: dict[int, list[str]] = {}
+    for d in runs.iterdir():
+        by_seed.setdefault(seed_of(d), []).append(d.name)
+    assert len(by_seed[1]) == 2 and len(by_seed[2]) == 1, by_seed  # only the lost job went again
+    retry = next(r for r in by_seed[1] if r != victim)
+    assert _ledger(project, retry)["attempt"] == 2 and _ledger(project, retry)["parent"] == victim
+    done = [_epochs((runs / r / "log.txt").read_text()) for r in (victim, retry)]
+    assert sorted(done[0] + done[1]) == [1, 2, 3], done  # no epoch repeated, none missing
+    sweep_id = _ledger(project, retry)["sweep_id"]
+    table = run_cli("sweep", sweep_id, cwd=project)
+    assert table.returncode == 0, table.stderr
+    assert f"{retry} (attempt 2)" in table.stdout and "LOST" not in table.stdout
+    assert table.stdout.count("SUCCEEDED") == 2 and "--resume" not in table.stderr

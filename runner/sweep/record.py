@@ -17,7 +17,7 @@ from runner.launch import Runs
 from runner.rundir import read_json
 from runner.store import RunRecord
 from runner.sweep.session import RESUMABLE, SKIPPED, Sweep
-from runner.views import jobs_table
+from runner.views import attempt_label, jobs_table
 
 
 @dataclass(frozen=True)
@@ -85,7 +85,7 @@ def show(runs: Runs, sweep_id: str) -> int:
         if j.reused and rec is not None:
             state = SKIPPED
         took = ((rec.finished or time.time()) - rec.created) if rec else None
-        rows.append((j.num, j.overrides, rec.id if rec else None, state,
+        rows.append((j.num, j.overrides, attempt_label(rec.id, rec.attempt) if rec else None, state,
                      dict(rec.summary) if rec else {}, took))
     jobs_table(sweep_id, rows, objective, stderr=False)
     todo = [j for j in jobs if j.run is None or j.run.state in RESUMABLE]

@@ -20,10 +20,11 @@ from runner import snapshot
 from runner.backend import Capability, RunHandle, RunSpec, RunState, RunStatus
 from runner.errors import UserError
 from runner.launch import Plan, Runs
+from runner.resume import RetryPolicy
 from runner.rundir import RunDir, read_json, write_json_atomic
 from runner.sweep.capacity import Capacity
 from runner.sweep.keys import _digest, job_key
-from runner.views import jobs_table, key_metrics
+from runner.views import attempt_label, jobs_table, key_metrics
 
 #: states of a job whose latest run `runner sweep SWEEP --resume` runs again
 RESUMABLE = (RunState.FAILED, RunState.CANCELLED, RunState.LOST)
@@ -55,6 +56,8 @@ class Job:
     summary: dict[str, float] = field(default_factory=dict)  #: final metrics
     offset: int = 0  #: how much of its log has been printed
     next_check: float = 0.0  #: when to ask its backend again (monotonic clock)
+    attempt: int = 1  #: its run's attempt (a retry of a lost run is the next one)
+    retry_at: float = 0.0  #: a retry starts no earlier than this (monotonic clock)
     started: float | None = None
     ended: float | None = None
 
@@ -229,6 +232,7 @@ class Sweep:
         that need it resolve.
         """
         plan = self.runs.plan(cfg, overrides, choices)
+        RetryPolicy.of(plan)  # a bad retries/retry_oom is an error before the job is recorded
         if self.detach and Capability.ARRAY not in plan.backend.capabilities:
             raise UserError(
                 f"--detach does not apply to a sweep on target {plan.target_name}: the launcher "
@@ -302,7 +306,7 @@ class Sweep:
                         self._end(job, RunStatus(RunState.CANCELLED,
                                                  message="not started: an earlier job failed (--fail-fast)"))
                         continue
-                    if not self.capacity.free(job.plan):
+                    if job.retry_at > time.monotonic() or not self.capacity.free(job.plan):
                         continue
                     pending.remove(job)
                     if self._start(job):
@@ -315,6 +319,9 @@ class Sweep:
                     job.next_check = now + max(self.poll, type(job.handle).poll_interval)
                     if self._watch(job):
                         active.remove(job)
+                        if not job.done:  # lost, and it goes again once its backoff passed
+                            pending.append(job)
+                            continue
                         if not job.ok and self.fail_fast and not self.failed_fast:
                             self.failed_fast = True
                             self._say(f"[job {job.num}] {job.state}: --fail-fast, cancelling the rest")
@@ -443,7 +450,37 @@ class Sweep:
         self._print_logs(job)
         self.runs.finish(job.run_id, st)
         self.capacity.give_back(job.plan, job.gpu)
-        self._end(job, st)
+        if not self._retry(job, st):
+            self._end(job, st)
+        return True
+
+    def _retry(self, job: Job, st: RunStatus) -> bool:
+        """When the job's run ended LOST (or OOM-killed, where ``retry_oom`` asks) and its
+        ``retries`` allow another attempt: record that attempt (QUEUED, continuing the run from
+        its checkpoint) and put it in ``job``, to start once its backoff has passed."""
+        from runner.checkpoint import checkpoint_size
+
+        assert job.plan is not None and job.run_id is not None
+        policy = RetryPolicy.of(job.plan)
+        rec = self.store.get(job.run_id)
+        if not policy.wants(st, rec.attempt):
+            return False
+        rd = RunDir(rec.run_dir)
+        files, size = checkpoint_size(rd)
+        wait = policy.delay(rec.attempt)
+        why = "OOM-killed" if st.oom else f"{st.state.value} ({st.message})"
+        start = (f"from its checkpoint ({files} files, {size:,} bytes)" if files
+                 else "from the start (it left no checkpoint)")
+        self._say(f"[job {job.num}] {rec.id} {why}; attempt {rec.attempt + 1} of "
+                  f"{policy.retries + 1} in {wait:g}s, {start}")
+        new, spec = self.runs.record(job.plan, sweep_id=self.sweep_id, job_key=job.key,
+                                     code_from=rd.code,
+                                     code_manifest=rd.meta().get("code_manifest"),
+                                     parent=rec, attempt=rec.attempt + 1)
+        job.run_id, job.spec, job.handle, job.gpu = new.id, spec, None, None
+        job.attempt, job.offset, job.state = new.attempt, 0, RunState.QUEUED.value
+        job.retry_at = time.monotonic() + wait
+        self._say(f"[job {job.num}] {new.id} QUEUED  attempt {new.attempt}, continues {rec.id}")
         return True
 
     def _print_logs(self, job: Job) -> None:
@@ -559,7 +596,8 @@ class Sweep:
         """The table of the sweep's jobs (on stderr unless ``console`` says otherwise)."""
         if not self.jobs:
             return
-        jobs_table(self.sweep_id or "?", [(j.num, j.overrides, j.run_id, j.state, j.summary,
+        jobs_table(self.sweep_id or "?", [(j.num, j.overrides, attempt_label(j.run_id, j.attempt),
+                                           j.state, j.summary,
                                            (j.ended or time.time()) - j.started
                                            if j.started else None) for j in self.jobs],
                    self.objective, console)
