@@ -22,11 +22,18 @@
   Data marked ``target:/path`` is not shipped; the worker checks it on the node.
 - **results come back through the job's log.** No shared filesystem is assumed and the Jobs API
   has no file download, so when the worker ends, the entry point packs ``status.json``,
-  ``metrics.jsonl``, ``worker.json`` and ``outputs/`` into a compressed tar and prints it,
-  base64-encoded between two marker lines, at the end of the job's log. The client cuts that
-  block out of what users see and unpacks it into the local run directory. Outputs larger than
-  ``max_output_mb`` are not sent (the log says so; write big artifacts to your own storage).
-  Metrics therefore arrive when the run ends, while the log streams live.
+  ``metrics.jsonl``, ``worker.json``, ``outputs/`` and ``checkpoints/`` into a compressed tar
+  and prints it, base64-encoded between two marker lines, at the end of the job's log. The
+  client cuts that block out of what users see and unpacks it into the local run directory.
+  Outputs (or checkpoints) larger than ``max_output_mb`` are not sent (the log says so; write
+  big artifacts to your own storage). Metrics therefore arrive when the run ends, while the log
+  streams live.
+- **checkpoints** come back that way too, when the run ends or is cancelled: a cancel is
+  Ray's SIGTERM, and the target's ``cancel_grace`` becomes the job's
+  ``RAY_JOB_STOP_WAIT_TIME_S``, the time Ray gives the model to save a checkpoint before its
+  SIGKILL. A resumed run's checkpoint travels up inside its run directory (``working_dir``).
+  A run whose node is lost sends nothing back, so its retry starts from the last checkpoint the
+  client holds.
 - **status / logs / cancel** map Ray's job status, ``get_job_logs`` (resumable by byte offset)
   and ``stop_job`` (SIGTERM, then SIGKILL after Ray's grace period) to the run contract.
 """
@@ -39,6 +46,7 @@ import hashlib
 import io
 import json
 import logging
+import math
 import os
 import shutil
 import sys
@@ -70,7 +78,9 @@ from runner.rundir import RunDir, log_lines, write_json_atomic
 
 BEGIN = "@@runner-results"
 END = "@@runner-results-end"
-_SENT = ("status.json", "metrics.jsonl", "worker.json", "outputs")
+_SENT = ("status.json", "metrics.jsonl", "worker.json", "outputs", "checkpoints")
+#: what stays on the cluster when it holds more than ``max_output_mb``
+_CAPPED = ("outputs", "checkpoints")
 _RAY_STATES = {"PENDING": RunState.QUEUED, "RUNNING": RunState.RUNNING}
 #: the marker at the top of a data package: which input (key, digest) it holds
 DATA_MARK = ".runner-data.json"
@@ -90,7 +100,8 @@ class RayConfig(BackendConfig):
     num_gpus: float = 0.0  # GPUs Ray reserves for each run; Ray sets CUDA_VISIBLE_DEVICES
     memory_mb: int | None = None  # memory Ray reserves for each run, in MiB
     python: str = "python"  # the interpreter on the cluster's nodes (inside the runtime env)
-    max_output_mb: float = 64.0  # outputs larger than this stay on the cluster (log says so)
+    max_output_mb: float = 64.0  # outputs (or checkpoints) larger than this stay on the cluster
+    cancel_grace: float = 10.0  # seconds a cancelled run has to save a checkpoint (then SIGKILL)
     stop_timeout: float = 30.0  # seconds a cancel waits for Ray to report the run stopped
     env_build_timeout: float = 1200.0  # seconds prepare waits for the cluster to build an env
 
@@ -120,7 +131,8 @@ def _client(address: str) -> Any:
         ) from None
 
 
-def _runtime_env(env: EnvSpec, bundle: Path, run_id: str | None, max_output_mb: float) -> dict[str, Any]:
+def _runtime_env(env: EnvSpec, bundle: Path, run_id: str | None, max_output_mb: float,
+                 cancel_grace: float = 10.0) -> dict[str, Any]:
     if env.apt:
         raise UserError(
             f"env {env.name}: apt packages cannot be installed in a Ray runtime env.",
@@ -128,7 +140,9 @@ def _runtime_env(env: EnvSpec, bundle: Path, run_id: str | None, max_output_mb: 
         )
     renv: dict[str, Any] = {
         "py_modules": [str(bundle / "runner"), str(bundle / "pluggy")],
-        "env_vars": {"PYTHONUNBUFFERED": "1", "RUNNER_RAY_MAX_OUTPUT_MB": str(max_output_mb)},
+        "env_vars": {"PYTHONUNBUFFERED": "1", "RUNNER_RAY_MAX_OUTPUT_MB": str(max_output_mb),
+                     # read by the job's supervisor: SIGTERM, then this long, then SIGKILL
+                     "RAY_JOB_STOP_WAIT_TIME_S": str(max(1, math.ceil(cancel_grace)))},
     }
     if env.python:
         renv["env_vars"]["RUNNER_WANT_PYTHON"] = str(env.python)
@@ -476,7 +490,8 @@ class RayBackend(Backend):
         if request is None:
             raise ValueError(f"run {spec.run_id}: submit needs the spec's request")
         bundle = Path(str(prepared.details.get("bundle") or worker_bundle()[0]))
-        renv = _runtime_env(spec.env, bundle, spec.run_id, self.config.max_output_mb)
+        renv = _runtime_env(spec.env, bundle, spec.run_id, self.config.max_output_mb,
+                            self.config.cancel_grace)
         renv["working_dir"] = str(spec.run_dir)
         # by content, never by the client's path (see the module docstring)
         renv["py_modules"] += [str(_stage_data(d)) for d in request.data_inputs if not d.on_target]
@@ -500,7 +515,12 @@ class RayBackend(Backend):
         except Exception as e:
             raise UserError(f"the Ray cluster at {self.config.address} refused the run: "
                             f"{str(e).splitlines()[0] if str(e) else e!r}") from None
-        return RayHandle(spec.run_id, spec.run_dir, self.config.address, sid, self.config.stop_timeout)
+        return RayHandle(spec.run_id, spec.run_dir, self.config.address, sid, self._stop_timeout)
+
+    @property
+    def _stop_timeout(self) -> float:
+        """How long a cancel waits: the grace Ray gives the model, and some more."""
+        return max(self.config.stop_timeout, self.config.cancel_grace + 15.0)
 
     def gpu_devices(self) -> list[str] | None:
         """``gpus: all`` is left to Ray's scheduler, which places each job on a free GPU of
@@ -511,7 +531,7 @@ class RayBackend(Backend):
 
     def reattach(self, run_id: str, run_dir: Path, locator: Mapping[str, Any]) -> RunHandle:
         return RayHandle(run_id, run_dir, str(locator["address"]), str(locator["submission_id"]),
-                         self.config.stop_timeout)
+                         self._stop_timeout)
 
 
 def _pip_errors(message: str) -> list[str]:
@@ -537,20 +557,22 @@ def runner_register_backends(register: Any) -> None:
 # -- on the cluster -------------------------------------------------------------------------------
 
 def _pack(rd: Path, limit: float) -> tuple[bytes, str]:
-    """The results of the run in ``rd`` as a .tar.gz; outputs over ``limit`` MiB stay behind."""
-    outputs = rd / "outputs"
-    size = sum(p.stat().st_size for p in outputs.rglob("*") if p.is_file()) if outputs.is_dir() else 0
-    note = ""
+    """The results of the run in ``rd`` as a .tar.gz; outputs or checkpoints over ``limit``
+    MiB stay behind (the returned note says so)."""
+    def size(p: Path) -> int:
+        return sum(f.stat().st_size for f in p.rglob("*") if f.is_file()) if p.is_dir() else 0
+
+    over = {name: size(rd / name) for name in _CAPPED}
+    over = {name: n for name, n in over.items() if n > limit * 2**20}
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w:gz") as tar:
         for name in _SENT:
             p = rd / name
-            if not p.exists() or (name == "outputs" and size > limit * 2**20):
-                continue
-            tar.add(p, arcname=name)
-    if size > limit * 2**20:
-        note = (f"[runner] outputs/ holds {size / 2**20:.1f} MiB, over max_output_mb={limit:g}: "
-                f"not sent back; they stay in {outputs} on {os.uname().nodename}")
+            if p.exists() and name not in over:
+                tar.add(p, arcname=name)
+    note = "\n".join(
+        f"[runner] {name}/ holds {n / 2**20:.1f} MiB, over max_output_mb={limit:g}: not sent "
+        f"back; it stays in {rd / name} on {os.uname().nodename}" for name, n in over.items())
     return buf.getvalue(), note
 
 

@@ -300,3 +300,41 @@ def test_staged_data_is_made_once_and_found_on_the_node_by_its_marker(
     assert Path(inputs[0].target_path(where), ".gitignore").read_text() == "a.txt\n"
     assert Path(inputs[1].target_path(where)).read_text() == "{}"
     assert str(tmp_path / "ds") not in os.path.realpath(inputs[0].target_path(where))
+
+
+# -- long runs: a cancel leaves a checkpoint that comes home, and a resume goes on from it ---------
+def test_a_cancelled_ray_run_brings_its_checkpoint_home_and_resumes_from_it(project: Path, cli) -> None:  # type: ignore[no-untyped-def]
+    import json
+    import re
+    import time
+
+    from tests.test_resume import EPOCHS
+
+    (project / "epochs.py").write_text(EPOCHS)
+    (project / "conf" / "target").mkdir(parents=True)
+    (project / "conf" / "target" / "cluster.yaml").write_text(
+        f"backend: ray\naddress: {ADDRESS}\nnum_cpus: 0.5\ncancel_grace: 5\n")
+    r = cli("submit", "--detach", "target=cluster", "model=script", "model.path=epochs.py",
+            "model.args=[5,1.0]", timeout=180)
+    assert r.returncode == 0, r.stderr
+    first = r.stderr.split("run ", 1)[1].split(":", 1)[0]
+    deadline = time.monotonic() + 120
+    while "epoch 2 done" not in cli("logs", first).stdout:
+        assert time.monotonic() < deadline, "epoch 2 never ended on the cluster"
+        time.sleep(0.5)
+    c = cli("cancel", first, timeout=120)
+    assert c.returncode == 0 and f"run {first}: CANCELLED" in c.stderr, c.stderr
+    rd = project / ".runner" / "runs" / first
+    # the checkpoint the script saved on Ray's SIGTERM came back with the results
+    saved = json.loads((rd / "checkpoints" / "state.json").read_text())["epoch"]
+    assert saved >= 2
+    assert "checkpoint" in cli("show", first).stdout
+    res = cli("resume", first, timeout=300)
+    assert res.returncode == 0, res.stderr
+    second = res.stderr.split("run ", 1)[1].split(":", 1)[0]
+    log = (project / ".runner" / "runs" / second / "log.txt").read_text()
+    assert f"starting after epoch {saved}" in log
+    assert [int(n) for n in re.findall(r"^epoch (\d+) done$", log, re.M)] == list(range(saved + 1, 6))
+    steps = [json.loads(line)["step"] for line in
+             (project / ".runner" / "runs" / second / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 6))  # the curve goes on from the parent's
