@@ -12,6 +12,7 @@ it into a container, copy it to a remote host, hand it to a Ray job) and bring i
     worker.json     what the worker saw on the target: host, Python, packages, seed, GPUs
     status.json     the current status, replaced atomically (see runner.backend.RunStatus)
     cancel          present once a cancel was requested
+    stop_reason     why the target stops the run (its time limit), written before the signal
     outputs/        the run's artifacts
     checkpoints/    what the model saved to continue later (``runner resume`` starts from it)
 
@@ -43,6 +44,7 @@ WORKER = "worker.json"
 META = "meta.json"
 CONFIG = "config.yaml"
 CANCEL = "cancel"
+STOP_REASON = "stop_reason"
 CODE = "code"
 OUTPUTS = "outputs"
 CHECKPOINTS = "checkpoints"
@@ -165,6 +167,16 @@ class RunDir:
     @property
     def cancel_requested(self) -> bool:
         return (self.path / CANCEL).exists()
+
+    def stop_reason(self) -> str | None:
+        """Why the target stopped the run, when it did so for a reason of its own (a time
+        limit): the first line of ``stop_reason``, which the target writes before it sends the
+        stop signal. None for a stop on request (a cancel) or no stop at all."""
+        try:
+            text = (self.path / STOP_REASON).read_text(errors="replace").strip()
+        except OSError:
+            return None
+        return text.splitlines()[0][:300] if text else None
 
     # -- log -------------------------------------------------------------------
     def read_log(self, offset: int = 0, *, final: bool = False) -> Iterator[tuple[int, str]]:

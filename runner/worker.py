@@ -310,8 +310,16 @@ def run(run_dir: Path) -> int:
             message="" if code == 0 else f"exited with code {code}",
         )
     except Cancelled:
-        status = RunStatus(RunState.CANCELLED, exit_code=143, message="cancelled" + (
-            " (checkpoint saved: runner resume continues it)" if rd.has_checkpoint() else ""))
+        saved = rd.has_checkpoint()
+        reason = rd.stop_reason()
+        if reason and not rd.cancel_requested:  # the target's own stop (a time limit): it
+            # did not finish, and was not cancelled by anyone
+            status = RunStatus(RunState.FAILED, exit_code=143, message=f"{reason}; " + (
+                f"checkpoint saved: runner resume {request.run_id} continues it" if saved
+                else "it left no checkpoint to resume from"))
+        else:
+            status = RunStatus(RunState.CANCELLED, exit_code=143, message="cancelled" + (
+                " (checkpoint saved: runner resume continues it)" if saved else ""))
     except _Fail as e:
         print(f"[runner] error: {e}", file=sys.stderr, flush=True)
         status = RunStatus(RunState.FAILED, exit_code=1, message=str(e))

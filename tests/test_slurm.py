@@ -204,17 +204,47 @@ def test_a_venv_is_built_once_per_env_key_in_the_work_dir_and_reused(project: Pa
 
 
 @pytest.mark.slow
-def test_a_run_past_its_time_limit_is_warned_then_failed_as_timeout(project: Path, cli) -> None:  # type: ignore[no-untyped-def]
+def test_a_run_that_ignores_the_warning_is_killed_at_its_time_limit_as_timeout(project: Path, cli) -> None:  # type: ignore[no-untyped-def]
     """Slurm counts time limits in minutes and checks them about every 30 s: this takes 1-2
     minutes. The warning (--signal) may come up to 60 s early, as Slurm allows."""
-    args = _slurm(project, "import time\nprint('working', flush=True)\ntime.sleep(600)\n",
-                  time_limit=1, warn_before_s=30)
+    args = _slurm(project, "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+                  "print('working', flush=True)\ntime.sleep(600)\n", time_limit=1, warn_before_s=30)
     res = cli("submit", *args, env=_env(), timeout=300)
     assert res.returncode == 1, res.stdout + res.stderr
     (run,) = Store(project / ".runner").list()
     assert run.state == RunState.FAILED and "TIMEOUT" in run.message, run
     assert "time limit" in res.stderr
     assert "the job reaches its time limit in about 30 s" in res.stdout, res.stdout
+
+
+def test_the_time_limit_warning_stops_the_run_with_a_checkpoint_and_resume_finishes_it(project: Path, cli) -> None:  # type: ignore[no-untyped-def]
+    """The warning comes ``warn_before_s`` before the limit (or up to 60 s earlier): the model
+    saves a checkpoint and stops; the run is FAILED with the reason, and a resume with a
+    longer limit trains only the epochs that are left."""
+    import json
+    import re
+
+    from tests.test_resume import EPOCHS
+
+    args = _slurm(project, EPOCHS, time_limit=1, warn_before_s=45)
+    res = cli("submit", *args, "model.args=[30,1.0]", env=_env(), timeout=300)
+    assert res.returncode == 1, res.stdout + res.stderr
+    (run,) = Store(project / ".runner").list()
+    assert run.state == RunState.FAILED, run
+    assert run.message.startswith("stopped at the time limit of its Slurm job "
+                                  "(target.time_limit=1"), run.message
+    assert f"checkpoint saved: runner resume {run.id} continues it" in run.message
+    assert "the model saves a checkpoint and stops" in res.stdout, res.stdout
+    rd = Path(run.run_dir)
+    saved = json.loads((rd / "checkpoints" / "state.json").read_text())["epoch"]
+    done = [int(n) for n in re.findall(r"^epoch (\d+) done$", rd.joinpath("log.txt").read_text(), re.M)]
+    assert done == list(range(1, saved + 1)) and saved < 30
+    again = cli("resume", run.id, "target.time_limit=5", env=_env(), timeout=300)
+    assert again.returncode == 0, again.stdout + again.stderr
+    second = [r for r in Store(project / ".runner").list() if r.id != run.id][0]
+    assert second.state == RunState.SUCCEEDED and second.parent == run.id
+    log = Path(second.run_dir, "log.txt").read_text()
+    assert [int(n) for n in re.findall(r"^epoch (\d+) done$", log, re.M)] == list(range(saved + 1, 31))
 
 
 # -- a sweep: one job array ---------------------------------------------------------------------

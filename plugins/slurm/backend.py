@@ -84,7 +84,8 @@ class SlurmBackend(Backend):
         script.write_text(batch_script(
             run_id=spec.run_id, python=str(prepared.details.get("python") or sys.executable),
             run_dir=str(work), gpus_requested=cf.gres_request(self.config, gpus) is not None,
-            warn_before_s=self.config.warn_before_s, own_log=own_log))
+            warn_before_s=self.config.warn_before_s, own_log=own_log,
+            time_limit=self.config.time_limit))
         os.chmod(script, 0o755)
         return work
 

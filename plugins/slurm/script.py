@@ -1,5 +1,12 @@
 """The batch script of a run: the worker, started by the job's shell, which also passes on
-Slurm's signals (the time-limit warning, a cancel) and exits with the worker's status."""
+Slurm's signals and exits with the worker's status.
+
+- a cancel (scancel: SIGTERM to the batch shell) reaches the worker as SIGTERM, which stops the
+  model gracefully (it saves a checkpoint) within the cluster's KillWait;
+- the time-limit warning (``--signal=B:USR1@warn_before_s``) stops the run the same way, after
+  writing ``stop_reason`` in the run directory, so the run ends with its checkpoint saved and
+  the reason recorded (FAILED: "stopped at the time limit ..."), before Slurm would kill it.
+"""
 
 from __future__ import annotations
 
@@ -10,10 +17,12 @@ SCRIPT = "slurm.sh"
 
 
 def batch_script(*, run_id: str, python: str, run_dir: str, gpus_requested: bool,
-                 warn_before_s: int, own_log: bool = False) -> str:
+                 warn_before_s: int, own_log: bool = False, time_limit: str | None = None) -> str:
     """The text of the batch script that runs the worker on ``run_dir``; ``own_log``: it
     sends its output to the run's log itself (an array task, whose sbatch --output is shared)."""
     q = shlex.quote
+    limit_reason = (f"stopped at the time limit of its Slurm job (target.time_limit={time_limit},"
+                    f" warned {warn_before_s} s before)")
     lines = [
         "#!/bin/bash",
         f"# written by runner for run {run_id}; sbatch takes its options on the command line",
@@ -34,7 +43,14 @@ def batch_script(*, run_id: str, python: str, run_dir: str, gpus_requested: bool
         "pid=$!",
         # the worker treats SIGTERM as a cancel and writes its final status
         "trap 'kill -TERM -- -$pid 2>/dev/null' TERM",
-        f"trap 'echo \"[runner] Slurm: the job reaches its time limit in about {warn_before_s} s\"' USR1",
+        # the time-limit warning: say so, record why, and stop the run as a cancel would
+        "on_limit() {",
+        f"  echo \"[runner] Slurm: the job reaches its time limit in about {warn_before_s} s: "
+        "the model saves a checkpoint and stops\"",
+        f"  printf '%s\\n' {q(limit_reason)} > stop_reason",
+        "  kill -TERM -- -$pid 2>/dev/null",
+        "}",
+        "trap on_limit USR1",
         "while kill -0 $pid 2>/dev/null; do wait $pid; done",
         "wait $pid",
         "exit $?",

@@ -23,7 +23,9 @@ _ENDED: dict[str, tuple[RunState, str]] = {
     "COMPLETED": (RunState.LOST, "the Slurm job ended without the worker's final status"),
     "FAILED": (RunState.FAILED, "the Slurm job failed"),
     "CANCELLED": (RunState.CANCELLED, "the Slurm job was cancelled (scancel)"),
-    "TIMEOUT": (RunState.FAILED, "killed at the Slurm time limit (TIMEOUT); raise target.time_limit"),
+    "TIMEOUT": (RunState.FAILED, "killed at the Slurm time limit (TIMEOUT) before it "
+                                  "stopped by itself; raise target.time_limit, or "
+                                  "target.warn_before_s to give it time to save a checkpoint"),
     "OUT_OF_MEMORY": (RunState.FAILED, "killed for using more memory than it asked for "
                                        "(Slurm OUT_OF_MEMORY); raise target.mem_mb"),
     "PREEMPTED": (RunState.LOST, "preempted by Slurm for a job of higher priority (PREEMPTED)"),
