@@ -151,8 +151,11 @@ def desktop(c: NotifyConfig, p: Mapping[str, Any]) -> None:
     exe = shutil.which("notify-send")
     if exe is None:
         return  # no desktop here (a server, a container): nothing to show it on
-    subprocess.run([exe, "runner", _text(p)], stdin=subprocess.DEVNULL, capture_output=True,
-                   timeout=c.timeout, check=True)
+    r = subprocess.run([exe, "runner", _text(p)], stdin=subprocess.DEVNULL, capture_output=True,
+                       text=True, timeout=c.timeout)
+    if r.returncode != 0:
+        said = (r.stderr.strip().splitlines() or [""])[-1]
+        raise RuntimeError(f"{exe} exited with code {r.returncode}" + (f": {said}" if said else ""))
 
 
 def notify(c: NotifyConfig, p: Mapping[str, Any]) -> None:

@@ -102,3 +102,33 @@ def test_user_config_applies_and_states_filter(project: Path, hook_server, tmp_p
     assert run_cli("submit", "model=script", "model.path=ok.py", cwd=project, env=env).returncode == 0
     assert run_cli("submit", "model=script", "model.path=bad.py", cwd=project, env=env).returncode == 1
     assert [g["body"]["state"] for g in got] == ["FAILED"]
+
+
+def test_desktop_notification_goes_through_notify_send_on_path(project: Path, tmp_path: Path) -> None:
+    """``desktop: true`` runs the ``notify-send`` found on PATH (here a stand-in that records
+    its arguments: this machine has no desktop session); one that fails is one warning."""
+    import os
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    shown = tmp_path / "shown.txt"
+    fake = bin_dir / "notify-send"
+    fake.write_text(f"#!/bin/sh\nprintf '%s|' \"$@\" >> {shown}\necho >> {shown}\n"
+                    "[ -z \"$NOTIFY_FAIL\" ] || { echo 'no notification daemon' >&2; exit 1; }\n")
+    fake.chmod(0o755)
+    (project / ".runner" / "notify.yaml").write_text("desktop: true\n")
+    (project / "ok.py").write_text("import runner\nrunner.log_metric('acc', 0.5)\n")
+    env = {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+           "XDG_CONFIG_HOME": str(tmp_path / "xdg")}
+    ok = run_cli("submit", "model=script", "model.path=ok.py", cwd=project, env=env)
+    assert ok.returncode == 0 and "warning" not in ok.stderr, ok.stderr
+    run_id = ok.stderr.split("run ", 1)[1].split(":", 1)[0]
+    (line,) = shown.read_text().splitlines()
+    title, text, _ = line.split("|")
+    assert title == "runner" and run_id in text and "SUCCEEDED" in text and "acc" in text
+    failing = run_cli("submit", "model=script", "model.path=ok.py", cwd=project,
+                      env={**env, "NOTIFY_FAIL": "1"})
+    assert failing.returncode == 0, failing.stderr  # the run is not failed by its notifier
+    warnings = [ln for ln in failing.stderr.splitlines() if "warning" in ln]
+    assert len(warnings) == 1 and "desktop failed" in warnings[0], failing.stderr
+    assert "exited with code 1: no notification daemon" in warnings[0]
