@@ -337,3 +337,39 @@ def test_a_sweep_job_whose_worker_is_killed_is_retried_and_the_others_run_on(pro
     assert table.returncode == 0, table.stderr
     assert f"{retry} (attempt 2)" in table.stdout and "LOST" not in table.stdout
     assert table.stdout.count("SUCCEEDED") == 2 and "--resume" not in table.stderr
+
+
+def test_sweep_resume_continues_a_cancelled_job_from_its_checkpoint(project: Path) -> None:
+    (project / "epochs.py").write_text(EPOCHS)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "runner.cli", "submit", "-m", "model=script", "model.path=epochs.py",
+         "model.args=[4,0.5]", "seed=1,2"],
+        cwd=project, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)})
+    runs = project / ".runner" / "runs"
+    deadline = time.monotonic() + 90
+    victim = None
+    while victim is None:
+        assert time.monotonic() < deadline and proc.poll() is None, "epoch 2 never ended"
+        for d in runs.glob("*"):
+            if (d / "log.txt").exists() and "epoch 2 done" in (d / "log.txt").read_text():
+                victim = d.name
+                break
+        time.sleep(0.05)
+    assert run_cli("cancel", victim, cwd=project).returncode == 0
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1 and f"{victim} CANCELLED" in err, err
+    sweep_id = _ledger(project, victim)["sweep_id"]
+    saved = json.loads((runs / victim / "checkpoints" / "state.json").read_text())["epoch"]
+    again = run_cli("sweep", sweep_id, "--resume", cwd=project)
+    assert again.returncode == 0, again.stderr
+    assert "resuming 1 of 2 jobs" in again.stderr
+    assert f"continues {victim} from its checkpoint" in again.stderr
+    new = [d.name for d in runs.iterdir() if _ledger(project, d.name).get("parent") == victim]
+    assert len(new) == 1
+    assert json.loads((runs / new[0] / "status.json").read_text())["state"] == "SUCCEEDED"
+    log = (runs / new[0] / "log.txt").read_text()
+    assert f"starting after epoch {saved}" in log
+    assert _epochs(log) == list(range(saved + 1, 5))
+    shown = run_cli("show", new[0], cwd=project).stdout
+    assert f"{victim} (resumed" in shown

@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 from runner.backend import RunState
 from runner.errors import UserError
 from runner.launch import Runs
-from runner.rundir import read_json
+from runner.rundir import RunDir, read_json
 from runner.store import RunRecord
 from runner.sweep.session import RESUMABLE, SKIPPED, Sweep
 from runner.views import attempt_label, jobs_table
@@ -122,7 +122,10 @@ def resume(runs: Runs, sweep_id: str, *, fail_fast: bool = False, max_parallel: 
     sweep._say(f"sweep {sweep_id}: resuming {len(todo)} of {len(jobs)} jobs "
                f"({', '.join(str(j.num) for j in todo)})")
     for j in todo:
-        sweep.add(j.num, OmegaConf.create(j.config), j.overrides, j.choices, key=j.key)
+        # a job whose last run left a checkpoint goes on from it, as `runner resume` would
+        last = j.run if j.run is not None and RunDir(j.run.run_dir).has_checkpoint() else None
+        sweep.add(j.num, OmegaConf.create(j.config), j.overrides, j.choices, key=j.key,
+                  continues=last)
     try:
         sweep.run(sweep.jobs)
     finally:

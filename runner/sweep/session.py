@@ -22,6 +22,7 @@ from runner.errors import UserError
 from runner.launch import Plan, Runs
 from runner.resume import RetryPolicy
 from runner.rundir import RunDir, read_json, write_json_atomic
+from runner.store import RunRecord
 from runner.sweep.capacity import Capacity
 from runner.sweep.keys import _digest, job_key
 from runner.views import attempt_label, jobs_table, key_metrics
@@ -225,11 +226,12 @@ class Sweep:
         return self._env_keys[memo]
 
     def add(self, num: int, cfg: DictConfig, overrides: list[str], choices: dict[str, str],
-            *, key: str | None = None) -> Job:
+            *, key: str | None = None, continues: RunRecord | None = None) -> Job:
         """Plan, key and record one job (QUEUED), or mark it skipped when its key succeeded.
 
         Called by the launcher while Hydra's config of that job is current, so interpolations
-        that need it resolve.
+        that need it resolve. With ``continues`` (``runner sweep --resume`` of a job whose run
+        left a checkpoint) the job's run goes on from that run's checkpoint and metrics.
         """
         plan = self.runs.plan(cfg, overrides, choices)
         RetryPolicy.of(plan)  # a bad retries/retry_oom is an error before the job is recorded
@@ -266,9 +268,10 @@ class Sweep:
                 self._gpus[target] = plan.backend.gpu_devices()
             rec, spec = self.runs.record(plan, sweep_id=self.sweep_id, job_key=key,
                                          code_from=self.code_dir,
-                                         code_manifest=self.code_manifest)
+                                         code_manifest=self.code_manifest, parent=continues)
             job.run_id, job.spec = rec.id, spec
-            self._say(f"[job {num}] {rec.id} QUEUED  {self._label(job)}")
+            goes_on = f", continues {continues.id} from its checkpoint" if continues else ""
+            self._say(f"[job {num}] {rec.id} QUEUED  {self._label(job)}{goes_on}")
             # start at once when there is room: the next jobs are recorded while it runs
             # (a target that takes many runs as one submission gets them all in run())
             if (not self.failed_fast and Capability.ARRAY not in plan.backend.capabilities
