@@ -217,16 +217,17 @@ def test_a_run_that_ignores_the_warning_is_killed_at_its_time_limit_as_timeout(p
     assert "the job reaches its time limit in about 30 s" in res.stdout, res.stdout
 
 
-def test_the_time_limit_warning_stops_the_run_with_a_checkpoint_and_resume_finishes_it(project: Path, cli) -> None:  # type: ignore[no-untyped-def]
+def test_the_time_limit_warning_stops_the_run_with_a_checkpoint_and_resume_finishes_it(project: Path, cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """The warning comes ``warn_before_s`` before the limit (or up to 60 s earlier): the model
     saves a checkpoint and stops; the run is FAILED with the reason, and a resume with a
-    longer limit trains only the epochs that are left."""
+    longer limit trains only the epochs that are left. Runs live in a work dir, so the
+    checkpoint comes home from there and goes back up with the resumed run."""
     import json
     import re
 
     from tests.test_resume import EPOCHS
 
-    args = _slurm(project, EPOCHS, time_limit=1, warn_before_s=45)
+    args = _slurm(project, EPOCHS, time_limit=1, warn_before_s=45, work_dir=tmp_path / "shared")
     res = cli("submit", *args, "model.args=[30,1.0]", env=_env(), timeout=300)
     assert res.returncode == 1, res.stdout + res.stderr
     (run,) = Store(project / ".runner").list()
