@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from runner.errors import UserError
 
 if TYPE_CHECKING:
-    from runner.backend import RunHandle, RunStatus
+    from runner.backend import RunHandle, RunSpec, RunStatus
     from runner.commands import CommandContext
     from runner.compose import ComposedJob
     from runner.launch import Plan, Runs
@@ -75,13 +75,37 @@ class RetryPolicy:
         return min(MAX_BACKOFF_S, self.backoff * 2 ** (attempt - 1))
 
 
+def announce_retry(rec: RunRecord, st: RunStatus, policy: RetryPolicy) -> tuple[float, str]:
+    """The seconds to wait before the next attempt of ``rec`` (which ended ``st``), and the
+    line that says so."""
+    from runner.checkpoint import checkpoint_size
+    from runner.rundir import RunDir
+
+    files, size = checkpoint_size(RunDir(rec.run_dir))
+    wait = policy.delay(rec.attempt)
+    why = "OOM-killed" if st.oom else f"{st.state.value}: {st.message}"
+    start = (f"from its checkpoint ({files} files, {size:,} bytes)" if files
+             else "from the start (it left no checkpoint)")
+    return wait, (f"run {rec.id} ended {why}; attempt {rec.attempt + 1} of "
+                  f"{policy.retries + 1} in {wait:g}s, {start}")
+
+
+def record_attempt(runs: Runs, plan: Plan, rec: RunRecord) -> tuple[RunRecord, RunSpec]:
+    """Record the next attempt of ``rec``: its code snapshot, sweep and job, and a copy of its
+    checkpoint and metrics (QUEUED, not started)."""
+    from runner.rundir import RunDir
+
+    rd = RunDir(rec.run_dir)
+    return runs.record(plan, sweep_id=rec.sweep_id, job_key=rec.job_key, code_from=rd.code,
+                       code_manifest=rd.meta().get("code_manifest"), parent=rec,
+                       attempt=rec.attempt + 1)
+
+
 def follow(runs: Runs, plan: Plan, rec: RunRecord, handle: RunHandle, prefix: str = "",
            policy: RetryPolicy | None = None) -> tuple[str, RunStatus]:
     """Stream the run's log until it ends; while it ends LOST (or OOM, where asked) and
     attempts are left, start it again from its checkpoint and stream that. Returns the id and
     the status of the last attempt."""
-    from runner.checkpoint import checkpoint_size
-    from runner.rundir import RunDir
     from runner.submit import stream
 
     policy = policy or RetryPolicy.of(plan)
@@ -91,18 +115,10 @@ def follow(runs: Runs, plan: Plan, rec: RunRecord, handle: RunHandle, prefix: st
     st = stream(runs, rec.id, handle, prefix, patience)
     while policy.wants(st, rec.attempt):
         rec = runs.store.get(rec.id)
-        rd = RunDir(rec.run_dir)
-        files, size = checkpoint_size(rd)
-        wait = policy.delay(rec.attempt)
-        why = "OOM-killed" if st.oom else f"{st.state.value}: {st.message}"
-        start = (f"from its checkpoint ({files} files, {size:,} bytes)" if files
-                 else "from the start (it left no checkpoint)")
-        _err(f"{prefix}run {rec.id} ended {why}; attempt {rec.attempt + 1} of "
-             f"{policy.retries + 1} in {wait:g}s, {start}")
+        wait, note = announce_retry(rec, st, policy)
+        _err(prefix + note)
         time.sleep(wait)
-        rec, spec = runs.record(plan, sweep_id=rec.sweep_id, job_key=rec.job_key,
-                                code_from=rd.code, code_manifest=rd.meta().get("code_manifest"),
-                                parent=rec, attempt=rec.attempt + 1)
+        rec, spec = record_attempt(runs, plan, rec)
         _err(f"{prefix}run {rec.id}: attempt {rec.attempt}, continues {rec.parent}")
         handle = runs.launch(plan, spec)
         st = stream(runs, rec.id, handle, prefix, patience)
@@ -175,15 +191,10 @@ def watch(ctx: CommandContext, args: argparse.Namespace) -> int:
         _err(f"watching run {rec.id} (retries: {policy.retries})")
         st = wait_quietly(runs, rec, handle, patience)
         while policy.wants(st, rec.attempt):
-            rd = RunDir(rec.run_dir)
-            wait = policy.delay(rec.attempt)
-            _err(f"run {rec.id} ended {st.state.value}: {st.message}; attempt "
-                 f"{rec.attempt + 1} of {policy.retries + 1} in {wait:g}s")
+            wait, note = announce_retry(rec, st, policy)
+            _err(note)
             time.sleep(wait)
-            rec, spec = runs.record(plan, sweep_id=rec.sweep_id, job_key=rec.job_key,
-                                    code_from=rd.code,
-                                    code_manifest=rd.meta().get("code_manifest"),
-                                    parent=rec, attempt=rec.attempt + 1)
+            rec, spec = record_attempt(runs, plan, rec)
             _err(f"run {rec.id}: attempt {rec.attempt}, continues {rec.parent}")
             handle = runs.launch(plan, spec)
             st = wait_quietly(runs, rec, handle, patience)

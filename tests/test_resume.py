@@ -323,7 +323,7 @@ def test_a_sweep_job_whose_worker_is_killed_is_retried_and_the_others_run_on(pro
     os.killpg(json.loads((runs / victim / "worker.json").read_text())["pid"], signal.SIGKILL)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
-    assert f"{victim} LOST" in err and "attempt 2 of 2" in err and "from its checkpoint" in err
+    assert f"run {victim} ended LOST" in err and "attempt 2 of 2" in err and "from its checkpoint" in err
     by_seed: dict[int, list[str]] = {}
     for d in runs.iterdir():
         by_seed.setdefault(seed_of(d), []).append(d.name)

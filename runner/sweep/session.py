@@ -20,7 +20,7 @@ from runner import snapshot
 from runner.backend import Capability, RunHandle, RunSpec, RunState, RunStatus
 from runner.errors import UserError
 from runner.launch import Plan, Runs
-from runner.resume import RetryPolicy
+from runner.resume import RetryPolicy, announce_retry, record_attempt
 from runner.rundir import RunDir, read_json, write_json_atomic
 from runner.store import RunRecord
 from runner.sweep.capacity import Capacity
@@ -461,25 +461,14 @@ class Sweep:
         """When the job's run ended LOST (or OOM-killed, where ``retry_oom`` asks) and its
         ``retries`` allow another attempt: record that attempt (QUEUED, continuing the run from
         its checkpoint) and put it in ``job``, to start once its backoff has passed."""
-        from runner.checkpoint import checkpoint_size
-
         assert job.plan is not None and job.run_id is not None
         policy = RetryPolicy.of(job.plan)
         rec = self.store.get(job.run_id)
         if not policy.wants(st, rec.attempt):
             return False
-        rd = RunDir(rec.run_dir)
-        files, size = checkpoint_size(rd)
-        wait = policy.delay(rec.attempt)
-        why = "OOM-killed" if st.oom else f"{st.state.value} ({st.message})"
-        start = (f"from its checkpoint ({files} files, {size:,} bytes)" if files
-                 else "from the start (it left no checkpoint)")
-        self._say(f"[job {job.num}] {rec.id} {why}; attempt {rec.attempt + 1} of "
-                  f"{policy.retries + 1} in {wait:g}s, {start}")
-        new, spec = self.runs.record(job.plan, sweep_id=self.sweep_id, job_key=job.key,
-                                     code_from=rd.code,
-                                     code_manifest=rd.meta().get("code_manifest"),
-                                     parent=rec, attempt=rec.attempt + 1)
+        wait, note = announce_retry(rec, st, policy)
+        self._say(f"[job {job.num}] {note}")
+        new, spec = record_attempt(self.runs, job.plan, rec)
         job.run_id, job.spec, job.handle, job.gpu = new.id, spec, None, None
         job.attempt, job.offset, job.state = new.attempt, 0, RunState.QUEUED.value
         job.retry_at = time.monotonic() + wait
