@@ -299,10 +299,13 @@ def test_a_detached_sweep_returns_once_the_array_is_queued(project: Path, cli) -
     """`runner submit -m --detach` on Slurm: the shell is free as soon as the array is queued
     (the scheduler holds the queue); `runner sweep` then follows the jobs to their end."""
     body = "import sys, time, runner\ntime.sleep(3)\nrunner.log_metric('x', float(sys.argv[1]))\n"
-    args = [*_slurm(project, body), "model.args=[1],[2],[3]"]
+    args = [*_slurm(project, body), "model.args=[1],[2],[3]", "retries=1"]
     res = cli("submit", "-m", "--detach", *args, env=_env(), timeout=120)
     assert res.returncode == 0, res.stderr
     assert "this shell is free" in res.stderr
+    # nothing follows a detached sweep, so nothing retries its jobs: said once, with the way
+    assert res.stderr.count("note: retries=1 applies while a process follows the sweep") == 1
+    assert "runner sweep SWEEP --resume" in res.stderr
     store = Store(project / ".runner")
     runs = store.list()
     assert len(runs) == 3 and all(not r.state.terminal for r in runs)  # queued, not waited for

@@ -120,6 +120,7 @@ class Sweep:
         self.cancelled = False
         self.failed_fast = False
         self._active: list[Job] = []  # started by add(), before run() took over
+        self._said_no_retries = False
         self.hydra_dir: Path | None = None  # Hydra's sweep folder (where sweepers write)
         self.began = time.time()
         if sweep_id is not None:
@@ -234,13 +235,18 @@ class Sweep:
         left a checkpoint) the job's run goes on from that run's checkpoint and metrics.
         """
         plan = self.runs.plan(cfg, overrides, choices)
-        RetryPolicy.of(plan)  # a bad retries/retry_oom is an error before the job is recorded
+        policy = RetryPolicy.of(plan)  # a bad retries/retry_oom: an error before any record
         if self.detach and Capability.ARRAY not in plan.backend.capabilities:
             raise UserError(
                 f"--detach does not apply to a sweep on target {plan.target_name}: the launcher "
                 "starts its queued jobs as slots free up, so it runs until the sweep ends.",
                 "targets whose scheduler queues the jobs itself (slurm) take a detached sweep; "
                 "elsewhere run it in the background (nohup, tmux): `runner sweep SWEEP` shows it.")
+        if self.detach and policy.retries and not self._said_no_retries:
+            self._said_no_retries = True
+            self._say(f"note: retries={policy.retries} applies while a process follows the "
+                      "sweep; this one is detached, so a lost job is not retried by itself: "
+                      "`runner sweep SWEEP --resume` continues it from its checkpoint.")
         self._begin(plan.target_name, plan)
         assert self.sweep_id is not None and self.manifest_digest is not None
         self._check_not_cancelled()
