@@ -238,7 +238,7 @@ def fetch(session: Session, w: str, run_id: str, remote_dir: str, dest: Path, *,
         f"cd {_q(remote_dir)} || exit 3; mkdir -p {_q(os.path.dirname(out))}; "
         f"sz=$(du -sk --exclude=./code . | cut -f1); ex=''; "
         f"if [ \"$sz\" -gt {cap_k} ]; then ex=--exclude=./outputs; echo \"over $sz\"; fi; "
-        f"tar -cf {_q(out)} --exclude=./code --exclude=./.runner-env $ex . 2>&1 "
+        f"tar -cf {_q(out)} --exclude=./code --exclude=./.runner-env --exclude=./.data $ex . 2>&1 "
         "|| { echo 'tar failed'; exit 4; }", timeout=600)
     if r.returncode == 3:
         print(f"warning: run {run_id}: its directory {remote_dir} is gone from "
