@@ -12,7 +12,7 @@ import subprocess
 from dataclasses import dataclass
 
 from runner.errors import UserError
-from runner.plugins._ssh import Session
+from runner.plugins._ssh import ConnectionLost, Session
 from runner.plugins.slurm.config import SlurmConfig
 
 
@@ -119,8 +119,15 @@ class SSHSlurm(Slurm):
     def run(self, *argv: str, retry: bool = True) -> Result:
         env = f"SLURM_CONF={shlex.quote(self.config.slurm_conf)} " if self.config.slurm_conf else ""
         # the shell reports its own time limit (124); the command's own is the same
-        r = self.session.run(env + shlex.join(argv), timeout=self.config.command_timeout,
-                             retry=retry)
+        try:
+            r = self.session.run(env + shlex.join(argv), timeout=self.config.command_timeout,
+                                 retry=retry)
+        except ConnectionLost:
+            if retry:
+                raise  # dropped twice: the caller decides (a handle waits for the host)
+            self.session.drop()
+            return Result(255, "", f"the connection to {self.where} dropped while {argv[0]} "
+                                   "ran: whether it took effect is unknown (squeue shows)")
         return Result(r.returncode, r.stdout, r.stderr.strip())
 
 

@@ -17,6 +17,7 @@ path, so it works the same when the client shares no file system with the cluste
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shlex
 import shutil
@@ -168,6 +169,7 @@ class SSHDirs(JobDirs):
         self.config = config
         self.session = session
         self._work_dir: str | None = None
+        self._envs: dict[EnvSpec, Prepared] = {}
 
     @property
     def host(self) -> str:  # type: ignore[override]
@@ -189,7 +191,12 @@ class SSHDirs(JobDirs):
         return self._work_dir
 
     def prepare_env(self, env: EnvSpec) -> Prepared:
-        return prepare_env_over_ssh(env, self.session, self.work_dir)
+        # asked once per env and client: the jobs of a sweep share the answer
+        hit = self._envs.get(env)
+        if hit is not None:
+            return dataclasses.replace(hit, cached=True, reason="cached")
+        self._envs[env] = prepared = prepare_env_over_ssh(env, self.session, self.work_dir)
+        return prepared
 
     def place(self, spec: RunSpec) -> tuple[str, str | None]:
         request = spec.request
