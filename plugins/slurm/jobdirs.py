@@ -169,7 +169,7 @@ class SSHDirs(JobDirs):
         self.config = config
         self.session = session
         self._work_dir: str | None = None
-        self._envs: dict[EnvSpec, Prepared] = {}
+        self._envs: dict[str, Prepared] = {}
 
     @property
     def host(self) -> str:  # type: ignore[override]
@@ -192,10 +192,10 @@ class SSHDirs(JobDirs):
 
     def prepare_env(self, env: EnvSpec) -> Prepared:
         # asked once per env and client: the jobs of a sweep share the answer
-        hit = self._envs.get(env)
+        hit = self._envs.get(repr(env))  # its repr: an EnvSpec holds dicts, not hashable
         if hit is not None:
             return dataclasses.replace(hit, cached=True, reason="cached")
-        self._envs[env] = prepared = prepare_env_over_ssh(env, self.session, self.work_dir)
+        self._envs[repr(env)] = prepared = prepare_env_over_ssh(env, self.session, self.work_dir)
         return prepared
 
     def place(self, spec: RunSpec) -> tuple[str, str | None]:
