@@ -50,6 +50,40 @@ class SSHSettings:
     connect_timeout: float = 15.0  # seconds to wait for the TCP connection and the handshake
 
 
+@dataclass
+class SSHTarget:
+    """The keys of a target reached over SSH (mixed into its config dataclass): where the
+    host is, how to log in, and how much of a run directory may come back."""
+
+    host: str = ""  # host name, address, or a Host alias of the ssh_config file
+    user: str | None = None  # login user (default: the ssh_config's User, else your local user)
+    port: int | None = None  # SSH port (default: the ssh_config's Port, else 22)
+    key: str | None = None  # private key file (the SSH agent is used too); never a password
+    ssh_config: str | None = None  # ssh_config file for aliases/ProxyCommand (default ~/.ssh/config)
+    known_hosts: str | None = None  # known_hosts file checked (default: ssh_config's, else ~/.ssh/known_hosts)
+    connect_timeout: float = 15.0  # seconds for the SSH connection and handshake
+    max_fetch_mb: int = 2048  # outputs larger than this stay on the host (with a message)
+
+
+def settings_of(c: SSHTarget) -> SSHSettings:
+    """The connection settings a target's keys give."""
+    return SSHSettings(host=c.host, user=c.user, port=c.port, key=c.key, ssh_config=c.ssh_config,
+                       known_hosts=c.known_hosts, connect_timeout=c.connect_timeout)
+
+
+_SESSIONS: dict[tuple[SSHSettings, str | None], Session] = {}
+
+
+def session_of(c: SSHTarget, *, trust: str | None = None, trust_hint: str | None = None) -> Session:
+    """The process-wide connection to a target's host (prepare, submit and every handle of one
+    client share it)."""
+    key = (settings_of(c), trust)
+    s = _SESSIONS.get(key)
+    if s is None:
+        s = _SESSIONS[key] = Session(key[0], trust=trust, trust_hint=trust_hint)
+    return s
+
+
 def fingerprint(key: Any) -> str:
     """OpenSSH's fingerprint of a host key: ``SHA256:`` + unpadded base64 of its hash."""
     digest = hashlib.sha256(key.asbytes()).digest()

@@ -3,6 +3,8 @@ Slurm's job states become run states."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from runner.backend import RunState
@@ -83,3 +85,21 @@ def test_sacct_lines() -> None:
     info = parse_sacct("CANCELLED by 0|0:15|None\n")
     assert info is not None and info.state == "CANCELLED" and info.signal == 15
     assert parse_sacct("") is None
+
+
+def test_over_ssh_the_work_dir_is_required_and_slurm_conf_names_a_file_on_the_login_node() -> None:
+    with pytest.raises(UserError) as e:
+        check(SlurmConfig(host="login"))
+    assert "target.work_dir is unset" in e.value.message and "target.host=login" in e.value.message
+    # a path on the login node: not looked for on this machine
+    check(SlurmConfig(host="login", work_dir="~/runner", slurm_conf="/etc/slurm/on-the-cluster.conf"))
+    with pytest.raises(UserError, match="target.slurm_conf"):
+        check(SlurmConfig(slurm_conf="/etc/slurm/on-the-cluster.conf"))
+
+
+def test_the_composed_slurm_target_has_the_ssh_keys_of_the_remote_targets() -> None:
+    from runner.plugins._ssh import SSHTarget
+
+    ssh_keys = {f.name for f in dataclasses.fields(SSHTarget)}
+    assert ssh_keys <= {f.name for f in dataclasses.fields(SlurmConfig)}
+    assert SlurmConfig().host == ""  # no host: runner runs on the login node

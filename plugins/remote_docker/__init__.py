@@ -1,7 +1,6 @@
 """The ``remote_docker`` backend: a GPU box reached over SSH runs each run in a labelled Docker
 container, with env images built there under the same content key as ``local_docker``. One concern a module: ``config`` (the target's
-keys, its SSH session), ``host`` (what the host is; ``runner doctor``), ``transfer`` (what
-crosses the wire), ``backend`` (prepare, submit), ``handle`` (status, logs, cancel, the way
+keys, its SSH session), ``host`` (what the host is; ``runner doctor``), ``backend`` (prepare, submit), ``handle`` (status, logs, cancel, the way
 back), ``attach`` (``runner attach``) and ``gc`` (``runner remote-gc``).
 
 What crosses the wire, and when::
@@ -33,13 +32,13 @@ from __future__ import annotations
 from typing import Any
 
 from runner import hookimpl
+from runner.plugins._shipping import safe_extract
 from runner.plugins._ssh import ConnectionLost
 from runner.plugins.remote_docker.attach import attach_command, target_yaml
 from runner.plugins.remote_docker.backend import RemoteDockerBackend
 from runner.plugins.remote_docker.config import RemoteDockerConfig
 from runner.plugins.remote_docker.gc import gc_command
 from runner.plugins.remote_docker.handle import RemoteHandle
-from runner.plugins.remote_docker.transfer import safe_extract
 
 
 @hookimpl

@@ -14,9 +14,9 @@ from runner.backend import (
     Command,
 )
 from runner.errors import UserError
-from runner.plugins._ssh import KeyRefused, Session
+from runner.plugins._ssh import KeyRefused, Session, settings_of
 from runner.plugins.remote_docker.backend import RemoteDockerBackend
-from runner.plugins.remote_docker.config import RemoteDockerConfig, _attach_hint, _settings
+from runner.plugins.remote_docker.config import RemoteDockerConfig, _attach_hint
 
 
 # -- runner attach ------------------------------------------------------------------------------
@@ -142,7 +142,7 @@ def _install_key(c: RemoteDockerConfig, refused: KeyRefused, trust: str | None, 
                         "was installed or written.",
                         "run the command again from a terminal and type the account's password "
                         "at the prompt.")
-    session = Session(_settings(c), trust=trust, trust_hint=hint)
+    session = Session(settings_of(c), trust=trust, trust_hint=hint)
     try:
         session.connect(password=password)
         del password
@@ -176,7 +176,7 @@ def _attach(args: Any) -> int:
     if args.install_key:
         _public_key(Path(c.key or DEFAULT_KEY))  # a missing pair is refused before any login
     hint = _attach_hint(c, args.name)
-    session = Session(_settings(c), trust=trust, trust_hint=hint)
+    session = Session(settings_of(c), trust=trust, trust_hint=hint)
     try:
         try:
             session.connect()

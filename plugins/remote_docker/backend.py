@@ -25,12 +25,12 @@ from runner.environment import env_inputs, env_key
 from runner.errors import UserError
 from runner.plugins import _docker as dk
 from runner.plugins import _store as store
+from runner.plugins._shipping import REMOTE_JSON, ship
 from runner.plugins._ssh import Session
 from runner.plugins.remote_docker.config import (
     _BUSY,
     L_DATA,
     L_SLOTS,
-    REMOTE_JSON,
     RemoteDockerConfig,
     _q,
     session_for,
@@ -38,7 +38,6 @@ from runner.plugins.remote_docker.config import (
 from runner.plugins.remote_docker.executor import SSHExecutor
 from runner.plugins.remote_docker.handle import RemoteHandle
 from runner.plugins.remote_docker.host import HostFacts, doctor, probe
-from runner.plugins.remote_docker.transfer import ship
 from runner.rundir import RunDir, write_json_atomic
 from runner.units import size_text
 
@@ -161,7 +160,12 @@ class RemoteDockerBackend(Backend):
         remote_rd = f"{facts.work_dir}/runs/{spec.run_id}"
         secrets_env = {n: os.environ[n] for n in request.secret_env if n in os.environ}
         t0 = time.monotonic()
-        shipped, data_shipped = ship(self, spec, request, rd, remote_rd, secrets_env)
+        def room() -> int | None:
+            free = self.facts().free_kb
+            return None if free is None else max(0, free - c.min_free_mb * 1024)
+
+        shipped, data_shipped = ship(self.session, facts.work_dir, spec.run_id, request, rd,
+                                     remote_rd, secrets_env, free_kb=room)
         staged = [d for d in request.data_inputs if not d.on_target]
         extra = {L_SLOTS: "1"}
         if staged:

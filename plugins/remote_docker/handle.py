@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import sys
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -17,13 +15,11 @@ from runner.backend import (
     RunState,
     RunStatus,
 )
-from runner.errors import UserError
 from runner.plugins import _docker as dk
+from runner.plugins._shipping import fetch, mirror_log, write_final_status
 from runner.plugins._ssh import Session
 from runner.plugins.remote_docker.config import _q
-from runner.plugins.remote_docker.transfer import safe_extract
-from runner.rundir import LOG, OUTPUTS, RunDir, log_lines
-from runner.units import size_text
+from runner.rundir import LOG, RunDir, log_lines
 
 if TYPE_CHECKING:
     from runner.plugins.remote_docker.backend import RemoteDockerBackend
@@ -105,19 +101,7 @@ class RemoteHandle(RunHandle):
         final = dk.ended_status(st, state, cancelled=cancelled, memory=self.backend.config.memory,
                                 gone=f"container {self.container} vanished on {self.session.label}")
         if final != st:
-            blob = json.dumps(final.to_dict() | {"time": time.time()})
-            write = (f"printf '%s' {_q(blob)} > .status.json.tmp && "
-                     "mv -f .status.json.tmp status.json")
-            if not final.oom:  # a final status the worker wrote meanwhile is never replaced
-                terminal = "|".join(s.value for s in RunState if s.terminal)
-                write = (f"if grep -Eq '\"state\": *\"({terminal})\"' status.json 2>/dev/null; "
-                         f"then echo '@@kept'; cat status.json; else {write}; fi")
-            r = self.session.run(f"cd {_q(self.remote_dir)} 2>/dev/null && {write}", timeout=60)
-            if r.ok and r.stdout.startswith("@@kept"):
-                try:
-                    final = RunStatus.from_dict(json.loads(r.stdout.split("\n", 1)[1]))
-                except (json.JSONDecodeError, KeyError, ValueError, IndexError):
-                    pass
+            final = write_final_status(self.session, self.remote_dir, final)
         try:
             self._fetch(self.rd.path)
         finally:
@@ -127,41 +111,8 @@ class RemoteHandle(RunHandle):
         return final
 
     def _fetch(self, dest: Path) -> None:
-        cfg = self.backend.config
-        cap_k = int(cfg.max_fetch_mb) * 1024
-        out = f"{self.backend.work_dir}/outgoing/{self.run_id}.{os.getpid()}.tar"
-        r = self.session.run(
-            f"cd {_q(self.remote_dir)} || exit 3; mkdir -p {_q(os.path.dirname(out))}; "
-            f"sz=$(du -sk --exclude=./code . | cut -f1); ex=''; "
-            f"if [ \"$sz\" -gt {cap_k} ]; then ex=--exclude=./outputs; echo \"over $sz\"; fi; "
-            f"tar -cf {_q(out)} --exclude=./code --exclude=./.runner-env $ex . 2>&1 "
-            "|| { echo 'tar failed'; exit 4; }", timeout=600)
-        if r.returncode == 3:
-            print(f"warning: run {self.run_id}: its directory {self.remote_dir} is gone from "
-                  f"{self.session.label}; nothing to fetch.", file=sys.stderr)
-            return
-        if not r.ok:
-            raise UserError(f"run {self.run_id}: packing {self.remote_dir} on "
-                            f"{self.session.label} failed: {r.stdout.strip() or r.last_error()}")
-        buf = bytearray()
-        try:
-            self.session.get_file(out, buf.extend)
-        finally:
-            self.session.run(f"rm -f {_q(out)}", timeout=60)
-        skipped = safe_extract(bytes(buf), dest, max_bytes=cap_k * 1024 + (64 << 20))
-        if skipped:
-            print(f"warning: run {self.run_id}: not fetched (links or paths outside the run "
-                  f"directory): {', '.join(skipped[:5])}", file=sys.stderr)
-        over = next((ln for ln in r.stdout.splitlines() if ln.startswith("over ")), None)
-        if over:
-            size = int(over.split()[1]) * 1024
-            note = (f"the outputs of run {self.run_id} are {size_text(size)} on {self.session.label}, "
-                    f"over target.max_fetch_mb ({cfg.max_fetch_mb} MiB): they stay at "
-                    f"{self.remote_dir}/outputs. Raise target.max_fetch_mb, or copy them with "
-                    f"scp/rsync.")
-            (Path(dest) / OUTPUTS).mkdir(parents=True, exist_ok=True)
-            (Path(dest) / OUTPUTS / "NOT_FETCHED.txt").write_text(note + "\n")
-            print(f"warning: {note}", file=sys.stderr)
+        fetch(self.session, self.backend.work_dir, self.run_id, self.remote_dir, dest,
+              max_fetch_mb=self.backend.config.max_fetch_mb)
 
     # -- control -----------------------------------------------------------------------------
     def cancel(self) -> RunStatus:
@@ -198,18 +149,8 @@ class RemoteHandle(RunHandle):
         data = self.session.read_file(f"{self.remote_dir}/{LOG}", offset)
         if not data:
             return
-        self._mirror(offset, data)
+        mirror_log(self.rd.log, offset, data)
         yield from log_lines(data, offset, final=False)  # a partial line may still grow
-
-    def _mirror(self, offset: int, data: bytes) -> None:
-        """Keep the local log.txt a prefix of the host's, so `runner logs RUN` works offline."""
-        try:
-            with open(self.rd.log, "r+b" if self.rd.log.exists() else "wb") as f:
-                if f.seek(0, os.SEEK_END) >= offset:
-                    f.seek(offset)
-                    f.write(data)
-        except OSError:
-            pass
 
     def fetch_outputs(self, dest: Path) -> None:
         if not self._settled:

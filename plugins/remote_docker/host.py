@@ -12,6 +12,7 @@ from runner.backend import (
 )
 from runner.errors import UserError
 from runner.plugins import _docker as dk
+from runner.plugins._shipping import workdir_error
 from runner.plugins.remote_docker.config import _q
 
 if TYPE_CHECKING:
@@ -96,18 +97,6 @@ def docker_error(cmd: str, rc: str, msg: str, path: str, where: str) -> UserErro
     return UserError(f"the Docker engine on {where} does not answer: {msg.strip()}",
                      "start it there (`sudo systemctl start docker`) and check that "
                      "`docker version` works for this user.")
-
-
-def workdir_error(msg: str, wd: str, where: str) -> UserError:
-    if "No space left" in msg:
-        what = "is full"
-    elif "Read-only" in msg:
-        what = "is on a read-only file system"
-    else:
-        what = "cannot be written"
-    return UserError(f"the remote work dir {wd} on {where} {what}: {msg.strip()}",
-                     "free space there, fix its permissions, or point target.work_dir at a "
-                     "writable folder with room (runs, code objects and outputs live there).")
 
 
 def doctor(b: RemoteDockerBackend) -> list[Check]:

@@ -1,13 +1,16 @@
 """The built-in ``slurm`` backend: each run is one Slurm batch job.
 
 Modules, one concern each: ``config`` (the target's keys and the sbatch options they give),
-``client`` (running the Slurm commands), ``cluster`` (what ``sinfo`` says, and the checks of a
+``client`` (running the Slurm commands, here or over SSH), ``jobdirs`` (the jobs' files, as the
+client reaches them: here, or over SSH), ``cluster`` (what ``sinfo`` says, and the checks of a
 target against it), ``envs`` (the interpreter or virtualenv a run uses), ``script`` (the batch
 script), ``states`` (Slurm's job states as run states), ``handle`` (status, logs, cancel),
 ``backend`` (prepare and submit) and ``doctor``.
 
-``runner`` runs where jobs can be submitted (the login node); the run directory (or its copy
-in ``work_dir``) must be on a file system the compute nodes mount.
+``runner`` runs where jobs can be submitted (the login node), and the run directory (or its
+copy in ``work_dir``) must be on a file system the compute nodes mount; or, with
+``target.host``, it reaches the login node over SSH and keeps everything in ``work_dir`` on
+the cluster, read and written only through that session.
 """
 
 from __future__ import annotations

@@ -1,24 +1,24 @@
 """The ``slurm`` backend: prepare (check the cluster, make the env ready) and submit (one
-``sbatch`` per run, returning at once)."""
+``sbatch`` per run, or one job array per sweep, returning at once), on this machine or on
+the login node over SSH (``target.host``)."""
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from runner.backend import Backend, BackendConfig, Capability, Check, Prepared, RunHandle, RunSpec
-from runner.bundle import cache_root
 from runner.errors import UserError
+from runner.plugins._ssh import session_of
 from runner.plugins.slurm import config as cf
-from runner.plugins.slurm.client import Slurm
+from runner.plugins.slurm.client import slurm_for
 from runner.plugins.slurm.cluster import check_target
-from runner.plugins.slurm.envs import prepare_env
 from runner.plugins.slurm.handle import SlurmHandle
+from runner.plugins.slurm.jobdirs import dirs_for
 from runner.plugins.slurm.script import SCRIPT, array_script, batch_script
-from runner.rundir import LOG, safe_copy_tree
+from runner.rundir import LOG
 
 #: what sbatch says, and which key it is about
 _REFUSALS = (
@@ -33,7 +33,8 @@ _REFUSALS = (
 
 
 class SlurmBackend(Backend):
-    """Runs each run as one Slurm batch job on a cluster this machine submits to."""
+    """Runs each run as one Slurm batch job on a cluster this machine submits to, or whose
+    login node it reaches over SSH."""
 
     name = "slurm"
     Config = cf.SlurmConfig
@@ -43,8 +44,12 @@ class SlurmBackend(Backend):
 
     def __init__(self, config: BackendConfig) -> None:
         super().__init__(config)
-        cf.check(self.config)
-        self.slurm = Slurm(self.config)
+        c = self.config
+        cf.check(c)
+        # a session opens on first use: a target's config is read without connecting
+        session = session_of(c) if c.host else None
+        self.slurm = slurm_for(c, session)
+        self.dirs = dirs_for(c, session)
         self._checked: set[str | None] = set()
 
     def gpus_for(self, spec: RunSpec) -> str | None:
@@ -65,32 +70,23 @@ class SlurmBackend(Backend):
         if gpus not in self._checked:
             check_target(self.config, gpus, self.slurm)
             self._checked.add(gpus)
-        return prepare_env(spec.env, self.config.work_dir)
+        return self.dirs.prepare_env(spec.env)
 
     # -- runs -------------------------------------------------------------------------------
-    def _work_run_dir(self, spec: RunSpec) -> Path:
-        """The run directory the job uses: a copy in the work dir, or the project's own."""
-        if not self.config.work_dir:
-            return spec.run_dir
-        work = Path(self.config.work_dir).expanduser() / "runs" / spec.run_id
-        safe_copy_tree(spec.run_dir, work)
-        return work
-
-    def _write_script(self, spec: RunSpec, prepared: Prepared, *, own_log: bool) -> Path:
-        """The run's batch script, in the run directory the job uses; returns that directory."""
+    def _write_script(self, spec: RunSpec, prepared: Prepared, *, own_log: bool) -> str:
+        """The run directory the job uses (made from the project's), with its batch script."""
         gpus = self.gpus_for(spec)
-        work = self._work_run_dir(spec)
-        script = work / SCRIPT
-        script.write_text(batch_script(
+        work, staged = self.dirs.place(spec)
+        self.dirs.write(f"{work}/{SCRIPT}", batch_script(
             run_id=spec.run_id, python=str(prepared.details.get("python") or sys.executable),
-            run_dir=str(work), gpus_requested=cf.gres_request(self.config, gpus) is not None,
-            warn_before_s=self.config.warn_before_s, own_log=own_log,
-            time_limit=self.config.time_limit))
-        os.chmod(script, 0o755)
+            run_dir=work, gpus_requested=cf.gres_request(self.config, gpus) is not None,
+            warn_before_s=self.config.warn_before_s, own_log=own_log, staged_data=staged,
+            time_limit=self.config.time_limit),
+            mode=0o755)
         return work
 
     def _sbatch(self, *argv: str) -> str:
-        r = self.slurm.run("sbatch", "--parsable", *argv)
+        r = self.slurm.run("sbatch", "--parsable", *argv, retry=False)  # never two jobs
         if not r.ok:
             raise _refused(r.first_error())
         job_id = r.out.strip().split(";")[0]
@@ -101,10 +97,10 @@ class SlurmBackend(Backend):
     def submit(self, spec: RunSpec, prepared: Prepared) -> RunHandle:
         work = self._write_script(spec, prepared, own_log=False)
         job_id = self._sbatch(
-            f"--job-name=runner-{spec.run_id}", f"--output={work / LOG}", "--open-mode=append",
+            f"--job-name=runner-{spec.run_id}", f"--output={work}/{LOG}", "--open-mode=append",
             f"--chdir={work}", *cf.sbatch_options(self.config, self.gpus_for(spec)),
-            str(work / SCRIPT))
-        return SlurmHandle(spec.run_id, self.slurm, job_id, work, spec.run_dir,
+            f"{work}/{SCRIPT}")
+        return SlurmHandle(spec.run_id, self.slurm, job_id, self.dirs, work, spec.run_dir,
                            self.config.cancel_grace)
 
     def submit_many(self, items: Sequence[tuple[RunSpec, Prepared]], max_parallel: int | None
@@ -117,24 +113,22 @@ class SlurmBackend(Backend):
         if len(gpus) > 1:  # one array asks for one thing per task
             return super().submit_many(items, max_parallel)
         works = [self._write_script(spec, prepared, own_log=True) for spec, prepared in items]
-        base = Path(self.config.work_dir).expanduser() if self.config.work_dir else cache_root() / "slurm"
-        home = base / "arrays" / items[0][0].run_id
-        home.mkdir(parents=True, exist_ok=True)
-        (home / "manifest").write_text("".join(f"{w / SCRIPT}\n" for w in works))
-        (home / "array.sh").write_text(array_script(str(home / "manifest")))
+        home = f"{self.dirs.arrays()}/{items[0][0].run_id}"
+        self.dirs.write(f"{home}/manifest", "".join(f"{w}/{SCRIPT}\n" for w in works))
+        self.dirs.write(f"{home}/array.sh", array_script(f"{home}/manifest"))
         limits = [n for n in (max_parallel, self.config.slots) if n and n > 0]
         spread = f"0-{len(items) - 1}" + (f"%{min(limits)}" if limits else "")
         array_id = self._sbatch(
             f"--array={spread}", f"--job-name=runner-sweep-{items[0][0].run_id}",
-            f"--output={home / 'task-%a.out'}", f"--chdir={home}",
-            *cf.sbatch_options(self.config, gpus.pop()), str(home / "array.sh"))
-        return [SlurmHandle(spec.run_id, self.slurm, f"{array_id}_{i}", work, spec.run_dir,
-                            self.config.cancel_grace)
+            f"--output={home}/task-%a.out", f"--chdir={home}",
+            *cf.sbatch_options(self.config, gpus.pop()), f"{home}/array.sh")
+        return [SlurmHandle(spec.run_id, self.slurm, f"{array_id}_{i}", self.dirs, work,
+                            spec.run_dir, self.config.cancel_grace)
                 for i, ((spec, _), work) in enumerate(zip(items, works, strict=True))]
 
     def reattach(self, run_id: str, run_dir: Path, locator: Mapping[str, Any]) -> RunHandle:
-        work = Path(locator.get("work_run_dir") or run_dir)
-        return SlurmHandle(run_id, self.slurm, str(locator["job_id"]), work, run_dir,
+        work = str(locator.get("work_run_dir") or run_dir)
+        return SlurmHandle(run_id, self.slurm, str(locator["job_id"]), self.dirs, work, run_dir,
                            self.config.cancel_grace)
 
     def gpu_devices(self) -> list[str] | None:

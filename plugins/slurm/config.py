@@ -8,18 +8,22 @@ from pathlib import Path
 
 from runner.backend import BackendConfig
 from runner.errors import UserError
+from runner.plugins._ssh import SSHTarget
 
 #: Slurm's time formats: "MM", "MM:SS", "HH:MM:SS", "D-HH", "D-HH:MM", "D-HH:MM:SS"
 _TIME = re.compile(r"^(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?$")
 
 
 @dataclass
-class SlurmConfig(BackendConfig):
-    """The keys of a Slurm target. ``runner`` runs on a machine that can submit to the cluster
-    (a login node); a later version reaches the login node over SSH, with the keys of the
-    remote targets (``host``, ``ssh_config`` ...) next to these."""
+class SlurmConfig(SSHTarget, BackendConfig):
+    """The keys of a Slurm target. Without ``host``, ``runner`` runs on a machine that can
+    submit to the cluster (a login node). With ``host``, it reaches that login node over SSH
+    (the keys of the remote targets: ``user``, ``key``, ``ssh_config``, ``known_hosts`` ...,
+    see :class:`~runner.plugins._ssh.SSHTarget`): every Slurm command runs there, and the
+    runs, their code and the envs live in ``work_dir`` on the cluster, reached only over SSH."""
 
     backend: str = "slurm"  # this backend
+    host: str = ""  # the login node to reach over SSH (a Host alias works); "" = this machine
     slots: int = 0  # runs of a sweep at once (the array's %K); 0 = no limit but max_parallel
     gpus: str | None = None  # GPUs each run asks for (a count: --gres=gpu:N); None = no GPU
     gres: str | None = None  # a full --gres request instead of gpus (e.g. "gpu:a100:1")
@@ -33,9 +37,10 @@ class SlurmConfig(BackendConfig):
     sbatch_args: list[str] | None = None  # further sbatch options, passed as they are
     #: a folder the compute nodes see (a shared file system): run directories are copied to
     #: runs/ there and envs built in envs/; None = runs stay in the project's .runner/runs and
-    #: envs in the runner cache (both must then be on a shared file system)
+    #: envs in the runner cache (both must then be on a shared file system). Required with
+    #: ``host`` (a path on the cluster; ``~/`` is the login user's home there)
     work_dir: str | None = None
-    slurm_conf: str | None = None  # SLURM_CONF for the Slurm commands; None = the cluster's
+    slurm_conf: str | None = None  # SLURM_CONF for the Slurm commands (a path where they run)
     command_timeout: float = 30.0  # seconds any one Slurm command may take
     cancel_grace: float = 30.0  # seconds a cancel waits for the job to leave the queue
 
@@ -54,7 +59,13 @@ def check(c: SlurmConfig) -> None:
         raise UserError(f"target.mem_mb: must be a positive number of MiB, got {c.mem_mb}.")
     if c.warn_before_s < 0:
         raise UserError(f"target.warn_before_s: must be 0 or more seconds, got {c.warn_before_s}.")
-    if c.slurm_conf is not None and not Path(c.slurm_conf).expanduser().is_file():
+    if c.host and not c.work_dir:
+        raise UserError(f"target.work_dir is unset: a Slurm target reached over SSH "
+                        f"(target.host={c.host}) keeps its runs, code and envs in a folder on "
+                        "the cluster's shared file system.",
+                        "set target.work_dir to such a folder (the compute nodes must mount it), "
+                        "e.g. target.work_dir=~/runner-work or a path on /scratch.")
+    if not c.host and c.slurm_conf is not None and not Path(c.slurm_conf).expanduser().is_file():
         raise UserError(f"target.slurm_conf: {c.slurm_conf} is not a file.",
                         "point it at the cluster's slurm.conf, or leave it unset to use the "
                         "cluster's own (/etc/slurm/slurm.conf or $SLURM_CONF).")

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import subprocess
-import tempfile
 import time
 import uuid
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from runner.backend import Check
 from runner.errors import UserError
+from runner.plugins.slurm.client import SSHSlurm
 from runner.plugins.slurm.cluster import check_target
-from runner.plugins.slurm.envs import env_root
 
 if TYPE_CHECKING:
     from runner.plugins.slurm.backend import SlurmBackend
@@ -21,9 +18,20 @@ if TYPE_CHECKING:
 def checks(b: SlurmBackend) -> list[Check]:
     slurm, c = b.slurm, b.config
     out: list[Check] = []
+    if isinstance(slurm, SSHSlurm):  # the login node first: nothing else answers without it
+        t0 = time.monotonic()
+        try:
+            slurm.session.connect()
+        except UserError as e:
+            return [Check("ssh", False, e.message, " ".join(e.hints)),
+                    Check("slurm commands", False, "not checked: no SSH connection",
+                          "fix ssh first")]
+        out.append(Check("ssh", True, f"{slurm.where} in {time.monotonic() - t0:.2f}s "
+                                      "(host key known)"))
     if not slurm.available():
-        return [Check("slurm commands", False, "sbatch/squeue are not on PATH",
-                      "run runner on the cluster's login node, or install slurm-client")]
+        return out + [Check("slurm commands", False, f"sbatch/squeue are not on PATH on "
+                            f"{slurm.where}", "run runner on the cluster's login node (or "
+                            "point target.host at it), or install slurm-client")]
     r = slurm.run("sinfo", "-h", "-o", "%P %a %D %T %G %l")
     out.append(Check("sinfo", r.ok, r.out.strip().replace("\n", "; ") if r.ok else r.first_error(),
                      "check that slurmctld answers (scontrol ping) and SLURM_CONF / target.slurm_conf"))
@@ -47,32 +55,32 @@ def checks(b: SlurmBackend) -> list[Check]:
 
 def _work_dir(b: SlurmBackend) -> Check:
     """Write a file where runs live, then read it back from a compute node (a tiny job)."""
-    c = b.config
-    where = Path(c.work_dir).expanduser() if c.work_dir else env_root(None)
+    c, dirs = b.config, b.dirs
     fix = "make target.work_dir a folder on a file system the compute nodes mount"
     try:
-        where.mkdir(parents=True, exist_ok=True)
-        probe = Path(tempfile.mkdtemp(dir=where, prefix=".doctor-"))
-    except OSError as e:
-        return Check("work dir", False, f"{where}: {e.strerror or e}", fix)
+        probe = dirs.doctor_dir()
+    except (OSError, UserError) as e:
+        return Check("work dir", False, str(e), fix)
+    where = probe.rsplit("/", 1)[0]
     token = uuid.uuid4().hex
-    (probe / "token").write_text(token)
+    dirs.write(f"{probe}/token", token)
     opts = [f"--partition={c.partition}"] if c.partition else []
     opts += [f"--account={c.account}"] if c.account else []
     opts += [f"--qos={c.qos}"] if c.qos else []
     try:
         r = b.slurm.run("sbatch", "--parsable", "--job-name=runner-doctor", "--time=1", *opts,
-                        f"--output={probe / 'seen'}", f"--wrap=cat {probe / 'token'}")
+                        f"--output={probe}/seen", f"--wrap=cat {probe}/token", retry=False)
         if not r.ok:
             return Check("work dir", False, f"sbatch refused the probe job: {r.first_error()}", fix)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            seen = probe / "seen"
-            if seen.is_file() and token in seen.read_text():
-                return Check("work dir", True, f"{where}: a compute node reads what this machine wrote")
+            seen = dirs.read(f"{probe}/seen")
+            if seen is not None and token in seen.decode("utf-8", "replace"):
+                return Check("work dir", True,
+                             f"{where}: a compute node reads what the client wrote there")
             time.sleep(0.5)
         b.slurm.run("scancel", r.out.strip().split(";")[0])
         return Check("work dir", False, f"{where}: the probe job did not report within 60 s "
                      "(still queued, or the node does not see the folder)", fix)
     finally:
-        subprocess.run(["rm", "-rf", str(probe)], check=False)
+        dirs.remove(probe)

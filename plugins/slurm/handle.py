@@ -1,44 +1,56 @@
 """A run as a Slurm job: its status (the run directory first, Slurm for the rest), its
-log (read by byte offset from the run directory), and its cancel (``scancel``, verified)."""
+log (read by byte offset from the run directory the job writes), and its cancel (``scancel``,
+verified). The run directory is reached through the target's :class:`.jobdirs.JobDirs`: on this
+machine, or over the login node's SSH session."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from runner.backend import RunHandle, RunState, RunStatus
+from runner.plugins._shipping import mirror_log
+from runner.plugins._ssh import ConnectionLost
 from runner.plugins.slurm.client import Slurm
+from runner.plugins.slurm.jobdirs import JobDirs
 from runner.plugins.slurm.states import JobInfo, job_info
-from runner.rundir import LocalDirHandleMixin, RunDir, lost_or_cancelled, safe_copy_tree
+from runner.rundir import LOG, RunDir, log_lines
 
 #: seconds between two questions to Slurm about one job (the run directory is read each time)
 _ASK_EVERY = 1.0
 
 
-class SlurmHandle(LocalDirHandleMixin, RunHandle):
-    """One Slurm job running the worker on a run directory the compute node sees.
+class SlurmHandle(RunHandle):
+    """One Slurm job running the worker on the run directory ``work`` (a path on the cluster).
 
-    ``rd`` is that run directory: the project's own, or its copy in the target's work dir
-    (then ``home`` is the project's, and what the run wrote is copied back once it ended).
+    ``work`` is the project's own run directory, or its copy in the target's work dir; then
+    ``home`` is the project's, and what the run wrote is brought home once it ended.
     """
 
     poll_interval = 0.5
 
-    def __init__(self, run_id: str, slurm: Slurm, job_id: str, run_dir: Path, home: Path,
-                 grace: float) -> None:
+    def __init__(self, run_id: str, slurm: Slurm, job_id: str, dirs: JobDirs, work: str,
+                 home: Path, grace: float) -> None:
         super().__init__(run_id)
         self.slurm = slurm
         self.job_id = job_id
-        self.rd = RunDir(run_dir)
+        self.dirs = dirs
+        self.work = work
         self.home = RunDir(home)
         self.grace = grace
         self._asked: tuple[float, JobInfo | None] | None = None
-        self._synced = False
+        self._cancel_asked = False
+        self._final: RunStatus | None = None
+        self._last = RunStatus(RunState.QUEUED)
 
     @property
     def locator(self) -> dict[str, Any]:
-        return {"job_id": self.job_id, "work_run_dir": str(self.rd.path)}
+        out = {"job_id": self.job_id, "work_run_dir": self.work}
+        if self.dirs.host:
+            out["host"] = self.dirs.host
+        return out
 
     def _info(self, fresh: bool = False) -> JobInfo | None:
         now = time.monotonic()
@@ -46,22 +58,37 @@ class SlurmHandle(LocalDirHandleMixin, RunHandle):
             self._asked = (now, job_info(self.slurm, self.job_id, fresh=fresh))
         return self._asked[1]
 
+    def _read(self) -> RunStatus | None:
+        st, self._cancel_asked = self.dirs.status(self.work)
+        return st
+
     def status(self) -> RunStatus:
-        st = self.rd.status()
+        if self._final is not None:
+            return self._final
+        try:
+            self._last = self._observe()
+        except ConnectionLost as e:  # the run goes on; the next poll reconnects
+            return RunStatus(self._last.state, message=f"connection to {self.dirs.host} lost "
+                                                       f"({e}); reconnecting")
+        return self._last
+
+    def _observe(self) -> RunStatus:
+        st = self._read()
         if st is not None and st.terminal:
             return self._ended(st)
         info = self._info()
         if info is None or info.ended:
-            st = self.rd.status()  # the worker may have ended between the two reads
+            st = self._read()  # the worker may have ended between the two reads
             if st is not None and st.terminal:
                 return self._ended(st)
-            if info is None:
-                final = lost_or_cancelled(self.rd, f"Slurm no longer knows job {self.job_id} and "
-                                                   "the worker left no final status")
+            if info is not None:
+                final = info.run_status(self._cancel_asked)
+            elif self._cancel_asked:
+                final = RunStatus(RunState.CANCELLED, exit_code=None, message="cancelled")
             else:
-                final = info.run_status(self.rd.cancel_requested)
-            self.rd.write_status(final)
-            return self._ended(final)
+                final = RunStatus(RunState.LOST, message=f"Slurm no longer knows job "
+                                  f"{self.job_id} and the worker left no final status")
+            return self._ended(self.dirs.write_status(self.work, final))
         if st is not None and st.state == RunState.RUNNING:
             return st
         return info.queued_status()
@@ -69,7 +96,7 @@ class SlurmHandle(LocalDirHandleMixin, RunHandle):
     def _ended(self, st: RunStatus) -> RunStatus:
         """A final status, corrected where the worker could not know why it was stopped, and
         (for a copy in the work dir) brought home."""
-        if st.state in (RunState.CANCELLED, RunState.FAILED) and not self.rd.cancel_requested:
+        if st.state in (RunState.CANCELLED, RunState.FAILED) and not self._cancel_asked:
             # no one asked runner to stop it: Slurm may have (time limit, memory, preemption, a
             # failed node, scancel by hand), signalling the worker and its children at once;
             # Slurm's own state says which, once the job has left the queue
@@ -80,19 +107,20 @@ class SlurmHandle(LocalDirHandleMixin, RunHandle):
             if info is not None and not info.ended:
                 return RunStatus(RunState.RUNNING, message="stopping")
             if info is not None and info.state not in ("COMPLETED", "FAILED"):
-                st = info.run_status(False)
-                self.rd.write_status(st)
-        if not self._synced and self.home.path.resolve() != self.rd.path.resolve():
-            safe_copy_tree(self.rd.path, self.home.path)
-        self._synced = True
+                st = self.dirs.write_status(self.work, info.run_status(False))
+        self.dirs.bring_home(self.run_id, self.work, self.home.path)
+        if not self.dirs.same(self.work, self.home.path):
+            self.home.write_status(st)
+        self._final = st
         return st
 
     def cancel(self) -> RunStatus:
         st = self.status()
         if st.terminal:
             return st
-        self.rd.request_cancel()
-        if self.home.path.resolve() != self.rd.path.resolve():
+        self.dirs.request_cancel(self.work)
+        self._cancel_asked = True
+        if not self.dirs.same(self.work, self.home.path):
             self.home.request_cancel()
         # the batch shell passes SIGTERM to the worker alone, which stops the model and writes
         # its final status; only then does the job end (a pending job just leaves the queue)
@@ -127,3 +155,27 @@ class SlurmHandle(LocalDirHandleMixin, RunHandle):
             if time.monotonic() >= deadline:
                 return False
             time.sleep(0.2)
+
+    # -- logs and outputs ------------------------------------------------------------------
+    def logs(self, offset: int = 0) -> Iterator[tuple[int, str]]:
+        if self.dirs.same(self.work, self.home.path):
+            final = self.status().terminal
+            yield from self.home.read_log(offset, final=final)
+            return
+        if self._final is not None:  # brought home: the whole log is here
+            yield from self.home.read_log(offset, final=True)
+            return
+        try:
+            data = self.dirs.read(f"{self.work}/{LOG}", offset)
+        except ConnectionLost:
+            return  # the next read reconnects and goes on from the same offset
+        if not data:
+            return
+        mirror_log(self.home.log, offset, data)  # `runner logs RUN` works offline
+        yield from log_lines(data, offset, final=False)  # a partial line may still grow
+
+    def fetch_outputs(self, dest: Path) -> None:
+        if self._final is None:
+            self.status()
+        if Path(dest).resolve() != self.home.path.resolve():
+            self.dirs.bring_home(self.run_id, self.work, Path(dest))

@@ -17,9 +17,11 @@ SCRIPT = "slurm.sh"
 
 
 def batch_script(*, run_id: str, python: str, run_dir: str, gpus_requested: bool,
-                 warn_before_s: int, own_log: bool = False, time_limit: str | None = None) -> str:
+                 warn_before_s: int, own_log: bool = False, staged_data: str | None = None,
+                 time_limit: str | None = None) -> str:
     """The text of the batch script that runs the worker on ``run_dir``; ``own_log``: it
-    sends its output to the run's log itself (an array task, whose sbatch --output is shared)."""
+    sends its output to the run's log itself (an array task, whose sbatch --output is shared);
+    ``staged_data``: the folder that holds the run's data inputs (None: read in place)."""
     q = shlex.quote
     limit_reason = (f"stopped at the time limit of its Slurm job (target.time_limit={time_limit},"
                     f" warned {warn_before_s} s before)")
@@ -32,7 +34,11 @@ def batch_script(*, run_id: str, python: str, run_dir: str, gpus_requested: bool
         lines.append("exec >>log.txt 2>&1")
     lines += [
         "export PYTHONUNBUFFERED=1",
+        f"export RUNNER_STAGED_DATA={q(staged_data)}" if staged_data else
         "unset RUNNER_STAGED_DATA  # data is read in place, on the shared file system",
+        # secrets a run shipped over SSH: a 0600 file of NAME=VALUE lines, never on a command
+        # line (kept until the job ends: Slurm may requeue it; never fetched)
+        "if [ -f .runner-env ]; then while IFS= read -r kv; do export \"$kv\"; done < .runner-env; fi",
     ]
     if not gpus_requested:  # a run without GPUs must not see the submitter's devices
         lines.append("unset CUDA_VISIBLE_DEVICES")
@@ -53,7 +59,9 @@ def batch_script(*, run_id: str, python: str, run_dir: str, gpus_requested: bool
         "trap on_limit USR1",
         "while kill -0 $pid 2>/dev/null; do wait $pid; done",
         "wait $pid",
-        "exit $?",
+        "rc=$?",
+        "rm -f .runner-env",
+        "exit $rc",
         "",
     ]
     return "\n".join(lines)

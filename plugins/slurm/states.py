@@ -9,7 +9,6 @@ then ``sacct`` where the cluster keeps accounting.
 
 from __future__ import annotations
 
-import getpass
 import re
 import time
 from dataclasses import dataclass
@@ -103,12 +102,12 @@ def _queue(slurm: Slurm) -> dict[str, JobInfo]:
     """This user's live jobs, one line per array task (``squeue -r``), from one ``squeue``
     a second for all the runs this client watches (a sweep of a hundred runs asks once, not a
     hundred times); empty when squeue does not answer."""
-    key = slurm.env().get("SLURM_CONF", "")
+    key = slurm.cache_key()
     now = time.monotonic()
     hit = _queues.get(key)
     if hit is not None and now - hit[0] < _QUEUE_TTL:
         return hit[1]
-    r = slurm.run("squeue", "-h", "-r", "-u", getpass.getuser(), "-o", "%i|%T|%r")
+    r = slurm.run("squeue", "-h", "-r", "-u", slurm.user(), "-o", "%i|%T|%r")
     jobs: dict[str, JobInfo] = {}
     for line in r.out.splitlines() if r.ok else ():
         parts = line.strip().split("|")
