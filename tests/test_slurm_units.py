@@ -9,6 +9,7 @@ import pytest
 
 from runner.backend import RunState
 from runner.errors import UserError
+from runner.plugins.slurm.cluster import refused
 from runner.plugins.slurm.config import SlurmConfig, check, sbatch_options, time_limit_minutes
 from runner.plugins.slurm.states import parse_sacct, parse_scontrol
 
@@ -103,3 +104,15 @@ def test_the_composed_slurm_target_has_the_ssh_keys_of_the_remote_targets() -> N
     ssh_keys = {f.name for f in dataclasses.fields(SSHTarget)}
     assert ssh_keys <= {f.name for f in dataclasses.fields(SlurmConfig)}
     assert SlurmConfig().host == ""  # no host: runner runs on the login node
+
+
+@pytest.mark.parametrize(("line", "key"), [
+    ("sbatch: error: Batch job submission failed: Invalid account or account/partition "
+     "combination specified", "target.account"),
+    ("sbatch: error: Batch job submission failed: Invalid qos specification", "target.qos"),
+    ("sbatch: error: Batch job submission failed: Invalid partition name specified",
+     "target.partition"),
+])
+def test_what_sbatch_refuses_names_the_key(line: str, key: str) -> None:
+    e = refused(line)
+    assert e.message.startswith(f"{key}: Slurm refused the job: ") and line in e.message
