@@ -63,6 +63,7 @@ RAY_DASH_PORT=$((RAY_PORT + 1886))
 SLURM_PORT=${RUNNER_TESTBED_SLURM_PORT:-16817}
 SLURM_GPUS=${RUNNER_TESTBED_SLURM_GPUS:-2}
 SLURM_ACCT=${RUNNER_TESTBED_SLURM_ACCT:-1}
+case $SLURM_ACCT in 0|1) ;; *) echo "RUNNER_TESTBED_SLURM_ACCT must be 0 or 1, not '$SLURM_ACCT'" >&2; exit 2 ;; esac
 DBD_PORT=$((SLURM_PORT + 2))
 DB_PORT=$((SLURM_PORT + 3))
 DB_PW=
@@ -149,7 +150,7 @@ docker_up() {
         >"$D/dockerd.log" 2>&1 </dev/null &
     echo $! >"$D/dockerd.pid"
     for _ in $(seq 1 150); do docker info >/dev/null 2>&1 && break; sleep 0.2; done
-    docker info >/dev/null || { tail -20 "$D/dockerd.log" >&2; exit 1; }
+    docker info >/dev/null || { tail -n 20 "$D/dockerd.log" >&2; exit 1; }
     HOOK_LOG="$D/fakegpu/hook.log"
     say "dockerd started (pid $(cat "$D/dockerd.pid"))"
   fi
@@ -164,7 +165,7 @@ base_image() {
     rm -rf "$root"
     say "building $IMAGE with debootstrap (about a minute)"
     debootstrap --variant=minbase --include=python3,python3-venv,python3-pip,ca-certificates \
-        bookworm "$root" >"$D/debootstrap.log" 2>&1 || { tail -20 "$D/debootstrap.log" >&2; exit 1; }
+        bookworm "$root" >"$D/debootstrap.log" 2>&1 || { tail -n 20 "$D/debootstrap.log" >&2; exit 1; }
     # pip in a container must trust what this machine trusts (e.g. a proxy's CA)
     if compgen -G "/usr/local/share/ca-certificates/*.crt" >/dev/null; then
       cp /usr/local/share/ca-certificates/*.crt "$root/usr/local/share/ca-certificates/"
@@ -284,7 +285,7 @@ EOF
     echo $! >"$D/sshd-pw.pid"
   fi
   for _ in $(seq 1 50); do (exec 3<>"/dev/tcp/127.0.0.1/$PW_PORT") 2>/dev/null && break; sleep 0.1; done
-  (exec 3<>"/dev/tcp/127.0.0.1/$PW_PORT") || { tail -20 "$S/sshd-pw.log" >&2; exit 1; }
+  (exec 3<>"/dev/tcp/127.0.0.1/$PW_PORT") || { tail -n 20 "$S/sshd-pw.log" >&2; exit 1; }
   envline RUNNER_TEST_PW_PORT "$PW_PORT"
   envline RUNNER_TEST_PW_USER "$PW_USER"
   envline RUNNER_TEST_PW_FILE "$pwfile"
@@ -303,7 +304,7 @@ ray_up() {
         >"$D/ray.log" 2>&1 </dev/null &
     echo $! >"$D/ray.pid"
     for _ in $(seq 1 300); do curl -sf "$addr/api/version" >/dev/null 2>&1 && break; sleep 0.1; done
-    curl -sf "$addr/api/version" >/dev/null || { tail -20 "$D/ray.log" >&2; exit 1; }
+    curl -sf "$addr/api/version" >/dev/null || { tail -n 20 "$D/ray.log" >&2; exit 1; }
   fi
   envline RUNNER_TEST_RAY_ADDRESS "$addr"
   say "ray head up ($addr)"
@@ -352,7 +353,7 @@ slurm_start() {  # $1 name, $2 readiness command, rest: the daemon's argv; 30 s 
     pid_alive "$(cat "$SL/$name.pid")" || break
     sleep 0.1
   done
-  tail -20 "$SL/$name.out" "$SL/$name.log" >&2 2>/dev/null || true
+  tail -n 20 "$SL/$name.out" "$SL/$name.log" >&2 2>/dev/null || true
   echo "slurm: $name did not come up (logs above)" >&2
   exit 1
 }
@@ -448,12 +449,13 @@ acct_db_up() {
   mkdir -p "$db"; chmod 700 "$db"
   mariadb-install-db --no-defaults --user=root --datadir="$db/data" --skip-test-db \
       --auth-root-authentication-method=socket >"$SL/mariadb-install.log" 2>&1 \
-    || { tail -20 "$SL/mariadb-install.log" >&2; echo "slurm: mariadb-install-db failed (log above)" >&2; exit 1; }
+    || { tail -n 20 "$SL/mariadb-install.log" >&2; echo "slurm: mariadb-install-db failed (log above)" >&2; exit 1; }
   slurm_start mariadb "mariadb-admin --no-defaults --socket=$db/mysqld.sock -u root ping" \
     mariadbd --no-defaults --user=root --datadir="$db/data" --socket="$db/mysqld.sock" \
       --port="$DB_PORT" --bind-address=127.0.0.1 --skip-name-resolve \
       --pid-file="$db/mariadb.own.pid" --log-error="$SL/mariadb.log" \
-      --innodb-buffer-pool-size=64M --innodb-lock-wait-timeout=900
+      --innodb-buffer-pool-size=64M --innodb-lock-wait-timeout=900 \
+      --innodb-use-native-aio=0 --innodb-flush-method=fsync --innodb-flush-log-at-trx-commit=2
   mariadb --no-defaults --socket="$db/mysqld.sock" -u root <<EOF
 CREATE USER 'slurm'@'127.0.0.1' IDENTIFIED BY '$DB_PW';
 GRANT ALL ON slurm_acct_db.* TO 'slurm'@'127.0.0.1';
@@ -473,7 +475,7 @@ acct_dbd_up() {
               "modify user root set defaultaccount=ml"; do
     # shellcheck disable=SC2086
     sq sacctmgr -i $step >>"$SL/sacctmgr.out" 2>&1 \
-      || { tail -20 "$SL/sacctmgr.out" "$SL/slurmdbd.log" >&2; echo "slurm: sacctmgr $step failed (logs above)" >&2; exit 1; }
+      || { tail -n 20 "$SL/sacctmgr.out" "$SL/slurmdbd.log" >&2; echo "slurm: sacctmgr $step failed (logs above)" >&2; exit 1; }
   done
 }
 
