@@ -17,7 +17,14 @@
 #   slurm    a one-node Slurm cluster on 127.0.0.1 (munged, slurmctld, slurmd from Debian's
 #            slurm-wlm packages) whose node offers fake GPUs as gres (character devices made
 #            with mknod, so `--gres=gpu:1` is scheduled and sets CUDA_VISIBLE_DEVICES without
-#            hardware); its config is $RUNNER_TESTBED_DIR/slurm/slurm.conf (SLURM_CONF)
+#            hardware); its config is $RUNNER_TESTBED_DIR/slurm/slurm.conf (SLURM_CONF).
+#            With accounting (the default): slurmdbd on 127.0.0.1:$RUNNER_TESTBED_SLURM_PORT+2
+#            and its own MariaDB server (datadir and socket in $RUNNER_TESTBED_DIR/slurm/db,
+#            127.0.0.1:$RUNNER_TESTBED_SLURM_PORT+3); accounting is enforced
+#            (associations,limits,qos), with account `ml` (root's default account, QOS
+#            `normal` and `short`), so `sacct` answers and an unknown account or QOS is
+#            refused. The DB user's password is random per `up` and kept only in the 0600
+#            slurmdbd.conf
 #
 # usage: scripts/testbed.sh up|down|status
 #
@@ -36,7 +43,9 @@
 #   RUNNER_TESTBED_PW_USER    its only login user (created)       (runnerpw)
 #   RUNNER_TESTBED_VENV       venv whose `ray` starts the head    (the repository's .venv)
 #   RUNNER_TESTBED_RAY_PORT   Ray GCS port; dashboard is +1886    (6381)
-#   RUNNER_TESTBED_SLURM_PORT slurmctld's loopback port; slurmd +1 (16817)
+#   RUNNER_TESTBED_SLURM_PORT slurmctld's loopback port; slurmd +1, (16817)
+#                             slurmdbd +2, MariaDB +3
+#   RUNNER_TESTBED_SLURM_ACCT 1: the cluster keeps accounting; 0: none (1)
 #   RUNNER_TESTBED_SLURM_GPUS fake GPUs the Slurm node offers      (2)
 #   RUNNER_TESTBED_SKIP       space-separated parts to skip: apt docker image ssh ray slurm
 set -euo pipefail
@@ -53,6 +62,11 @@ RAY_PORT=${RUNNER_TESTBED_RAY_PORT:-6381}
 RAY_DASH_PORT=$((RAY_PORT + 1886))
 SLURM_PORT=${RUNNER_TESTBED_SLURM_PORT:-16817}
 SLURM_GPUS=${RUNNER_TESTBED_SLURM_GPUS:-2}
+SLURM_ACCT=${RUNNER_TESTBED_SLURM_ACCT:-1}
+case $SLURM_ACCT in 0|1) ;; *) echo "RUNNER_TESTBED_SLURM_ACCT must be 0 or 1, not '$SLURM_ACCT'" >&2; exit 2 ;; esac
+DBD_PORT=$((SLURM_PORT + 2))
+DB_PORT=$((SLURM_PORT + 3))
+DB_PW=
 SL="$D/slurm"
 SKIP=" ${RUNNER_TESTBED_SKIP:-} "
 T0=$(date +%s%N)
@@ -136,7 +150,7 @@ docker_up() {
         >"$D/dockerd.log" 2>&1 </dev/null &
     echo $! >"$D/dockerd.pid"
     for _ in $(seq 1 150); do docker info >/dev/null 2>&1 && break; sleep 0.2; done
-    docker info >/dev/null || { tail -20 "$D/dockerd.log" >&2; exit 1; }
+    docker info >/dev/null || { tail -n 20 "$D/dockerd.log" >&2; exit 1; }
     HOOK_LOG="$D/fakegpu/hook.log"
     say "dockerd started (pid $(cat "$D/dockerd.pid"))"
   fi
@@ -151,7 +165,7 @@ base_image() {
     rm -rf "$root"
     say "building $IMAGE with debootstrap (about a minute)"
     debootstrap --variant=minbase --include=python3,python3-venv,python3-pip,ca-certificates \
-        bookworm "$root" >"$D/debootstrap.log" 2>&1 || { tail -20 "$D/debootstrap.log" >&2; exit 1; }
+        bookworm "$root" >"$D/debootstrap.log" 2>&1 || { tail -n 20 "$D/debootstrap.log" >&2; exit 1; }
     # pip in a container must trust what this machine trusts (e.g. a proxy's CA)
     if compgen -G "/usr/local/share/ca-certificates/*.crt" >/dev/null; then
       cp /usr/local/share/ca-certificates/*.crt "$root/usr/local/share/ca-certificates/"
@@ -271,7 +285,7 @@ EOF
     echo $! >"$D/sshd-pw.pid"
   fi
   for _ in $(seq 1 50); do (exec 3<>"/dev/tcp/127.0.0.1/$PW_PORT") 2>/dev/null && break; sleep 0.1; done
-  (exec 3<>"/dev/tcp/127.0.0.1/$PW_PORT") || { tail -20 "$S/sshd-pw.log" >&2; exit 1; }
+  (exec 3<>"/dev/tcp/127.0.0.1/$PW_PORT") || { tail -n 20 "$S/sshd-pw.log" >&2; exit 1; }
   envline RUNNER_TEST_PW_PORT "$PW_PORT"
   envline RUNNER_TEST_PW_USER "$PW_USER"
   envline RUNNER_TEST_PW_FILE "$pwfile"
@@ -290,7 +304,7 @@ ray_up() {
         >"$D/ray.log" 2>&1 </dev/null &
     echo $! >"$D/ray.pid"
     for _ in $(seq 1 300); do curl -sf "$addr/api/version" >/dev/null 2>&1 && break; sleep 0.1; done
-    curl -sf "$addr/api/version" >/dev/null || { tail -20 "$D/ray.log" >&2; exit 1; }
+    curl -sf "$addr/api/version" >/dev/null || { tail -n 20 "$D/ray.log" >&2; exit 1; }
   fi
   envline RUNNER_TEST_RAY_ADDRESS "$addr"
   say "ray head up ($addr)"
@@ -301,13 +315,21 @@ ray_up() {
 # with its PID recorded in $SL; authentication through our own munged and socket. No cgroups are
 # used (proctrack/linuxproc, task/none), so nothing outside $SL is written.
 slurm_packages() {
-  local want=(slurmctld slurmd slurm-client munge procps) missing=() p
+  local want=(slurmctld slurmd slurm-client munge procps) missing=() p policy=/usr/sbin/policy-rc.d
+  [ "$SLURM_ACCT" = 1 ] && want+=(slurmdbd mariadb-server)
   for p in "${want[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
   if [ ${#missing[@]} -gt 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
-    # apt starts no service here (no systemd, policy-rc.d); slurm_up starts its own daemons
-    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    # apt must start no service (slurm_up starts its own daemons): where no policy-rc.d says
+    # so already, one that refuses every start is in place while the packages install
+    if [ ! -e "$policy" ]; then
+      printf '#!/bin/sh\nexit 101\n' >"$policy"; chmod 755 "$policy"
+      apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null || { rm -f "$policy"; exit 1; }
+      rm -f "$policy"
+    else
+      apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    fi
   fi
 }
 
@@ -322,16 +344,16 @@ slurm_node_ready() {  # the node is registered and schedulable; resume it once i
   return 1
 }
 
-slurm_start() {  # $1 name, $2 readiness command, rest: the daemon's argv
-  local name=$1 ready=$2; shift 2
+slurm_start() {  # $1 name, $2 readiness command, rest: the daemon's argv; 30 s to be ready
+  local name=$1 ready=$2 end=$((SECONDS + 30)); shift 2
   setsid "$@" </dev/null >>"$SL/$name.out" 2>&1 &
   echo $! >"$SL/$name.pid"
-  for _ in $(seq 1 300); do
+  while [ "$SECONDS" -lt "$end" ]; do
     if eval "$ready" >/dev/null 2>&1; then return 0; fi
     pid_alive "$(cat "$SL/$name.pid")" || break
     sleep 0.1
   done
-  tail -20 "$SL/$name.out" "$SL/$name.log" >&2 2>/dev/null || true
+  tail -n 20 "$SL/$name.out" "$SL/$name.log" >&2 2>/dev/null || true
   echo "slurm: $name did not come up (logs above)" >&2
   exit 1
 }
@@ -368,8 +390,17 @@ slurm_write_conf() {
     echo "DefMemPerCPU=$((mem / cpus))"  # else each job takes all the memory and runs alone
     echo "SchedulerType=sched/backfill"
     echo "SchedulerParameters=batch_sched_delay=0"  # start jobs within a second, not three
-    echo "JobAcctGatherType=jobacct_gather/none"
-    echo "AccountingStorageType=accounting_storage/none"
+    if [ "$SLURM_ACCT" = 1 ]; then
+      echo "AccountingStorageType=accounting_storage/slurmdbd"
+      echo "AccountingStorageHost=localhost"
+      echo "AccountingStoragePort=$DBD_PORT"
+      echo "AccountingStoragePass=$SL/munge.socket"  # the munged that slurmdbd trusts: ours
+      echo "AccountingStorageEnforce=associations,limits,qos"
+      echo "JobAcctGatherType=jobacct_gather/linux"  # reads /proc: no cgroups needed
+    else
+      echo "JobAcctGatherType=jobacct_gather/none"
+      echo "AccountingStorageType=accounting_storage/none"
+    fi
     echo "MinJobAge=300"
     echo "KillWait=5"
     echo "ReturnToService=2"
@@ -388,19 +419,81 @@ slurm_write_conf() {
   fi
 }
 
+slurm_write_dbd_conf() {
+  ( umask 077  # it holds the DB user's password; slurmdbd also refuses a readable one
+    cat >"$SL/slurmdbd.conf" <<EOF
+# written by scripts/testbed.sh: slurmdbd on loopback, storing into the testbed's MariaDB
+AuthType=auth/munge
+AuthInfo=socket=$SL/munge.socket
+DbdHost=localhost
+DbdAddr=127.0.0.1
+DbdPort=$DBD_PORT
+CommunicationParameters=NoInAddrAny
+SlurmUser=root
+LogFile=$SL/slurmdbd.log
+PidFile=$SL/slurmdbd.own.pid
+StorageType=accounting_storage/mysql
+StorageHost=127.0.0.1
+StoragePort=$DB_PORT
+StorageUser=slurm
+StoragePass=$DB_PW
+StorageLoc=slurm_acct_db
+EOF
+  )
+}
+
+# MariaDB for slurmdbd: its own datadir, socket and PID under $SL/db, TCP on 127.0.0.1 only;
+# the DB user `slurm` gets a random password (handed over on stdin, never on a command line)
+acct_db_up() {
+  local db="$SL/db"
+  mkdir -p "$db"; chmod 700 "$db"
+  mariadb-install-db --no-defaults --user=root --datadir="$db/data" --skip-test-db \
+      --auth-root-authentication-method=socket >"$SL/mariadb-install.log" 2>&1 \
+    || { tail -n 20 "$SL/mariadb-install.log" >&2; echo "slurm: mariadb-install-db failed (log above)" >&2; exit 1; }
+  slurm_start mariadb "mariadb-admin --no-defaults --socket=$db/mysqld.sock -u root ping" \
+    mariadbd --no-defaults --user=root --datadir="$db/data" --socket="$db/mysqld.sock" \
+      --port="$DB_PORT" --bind-address=127.0.0.1 --skip-name-resolve \
+      --pid-file="$db/mariadb.own.pid" --log-error="$SL/mariadb.log" \
+      --innodb-buffer-pool-size=64M --innodb-lock-wait-timeout=900 \
+      --innodb-use-native-aio=0 --innodb-flush-method=fsync --innodb-flush-log-at-trx-commit=2
+  mariadb --no-defaults --socket="$db/mysqld.sock" -u root <<EOF
+CREATE USER 'slurm'@'127.0.0.1' IDENTIFIED BY '$DB_PW';
+GRANT ALL ON slurm_acct_db.* TO 'slurm'@'127.0.0.1';
+EOF
+}
+
+# slurmdbd, then what the cluster accounts for: the cluster, QOS `short` (besides `normal`),
+# account `ml` allowed both, root in it with `ml` as default account
+acct_dbd_up() {
+  SLURM_CONF="$SL/slurm.conf" slurm_start slurmdbd "sq sacctmgr -n show cluster" slurmdbd -D
+  local step
+  for step in "add cluster runnertest" \
+              "add qos short MaxWall=00:10:00" \
+              "add account ml Description=testbed Organization=runner" \
+              "modify account ml set qos=normal,short defaultqos=normal" \
+              "add user root account=ml" \
+              "modify user root set defaultaccount=ml"; do
+    # shellcheck disable=SC2086
+    sq sacctmgr -i $step >>"$SL/sacctmgr.out" 2>&1 \
+      || { tail -n 20 "$SL/sacctmgr.out" "$SL/slurmdbd.log" >&2; echo "slurm: sacctmgr $step failed (logs above)" >&2; exit 1; }
+  done
+}
+
 slurm_up() {
   skip apt || slurm_packages
   local c
   for c in munged slurmctld slurmd sbatch pgrep; do
     command -v "$c" >/dev/null || { echo "slurm: $c is not installed (up installs it unless RUNNER_TESTBED_SKIP has apt; or skip this part: RUNNER_TESTBED_SKIP=slurm)" >&2; exit 1; }
   done
+  local acct_alive=0
+  pidfile_alive "$SL/slurmdbd.pid" && pidfile_alive "$SL/mariadb.pid" && acct_alive=1
   if pidfile_alive "$SL/slurmctld.pid" && pidfile_alive "$SL/slurmd.pid" && pidfile_alive "$SL/munged.pid" \
-     && sq scontrol ping 2>/dev/null | grep -q UP; then
+     && [ "$acct_alive" = "$SLURM_ACCT" ] && sq scontrol ping 2>/dev/null | grep -q UP; then
     say "slurm up (started by this testbed)"
   else
     slurm_down  # whatever is left of an earlier up
     local port
-    for port in "$SLURM_PORT" $((SLURM_PORT + 1)); do
+    for port in "$SLURM_PORT" $((SLURM_PORT + 1)) $( [ "$SLURM_ACCT" = 1 ] && echo "$DBD_PORT $DB_PORT"); do
       if ss -Hltn "sport = :$port" 2>/dev/null | grep -q .; then
         echo "slurm: port $port on this machine is taken (another Slurm?); set RUNNER_TESTBED_SLURM_PORT" >&2
         exit 1
@@ -411,10 +504,19 @@ slurm_up() {
     chmod 700 "$SL/munge"
     head -c 1024 /dev/urandom >"$SL/munge/munge.key"
     chmod 400 "$SL/munge/munge.key"
+    DB_PW=$(head -c 32 /dev/urandom | base64 | tr -dc 'A-Za-z0-9' | head -c 24)
     slurm_write_conf
+    [ "$SLURM_ACCT" = 1 ] && slurm_write_dbd_conf
     slurm_start munged "munge -S $SL/munge.socket -n | unmunge -S $SL/munge.socket" \
       munged -F --key-file="$SL/munge/munge.key" --socket="$SL/munge.socket" \
       --pid-file="$SL/munged.own.pid" --log-file="$SL/munged.log" --seed-file="$SL/munge/seed"
+    if [ "$SLURM_ACCT" = 1 ]; then
+      local t1; t1=$(date +%s%N)
+      acct_db_up
+      acct_dbd_up
+      DB_PW=
+      say "slurm accounting up in $(( ($(date +%s%N) - t1) / 1000000 )) ms: slurmdbd 127.0.0.1:$DBD_PORT, MariaDB 127.0.0.1:$DB_PORT"
+    fi
     slurm_start slurmctld "sq scontrol ping | grep -q UP" slurmctld -D -i -f "$SL/slurm.conf"
     # -N: the node's name in slurm.conf, which is not this machine's hostname
     SLURM_CONF="$SL/slurm.conf" slurm_start slurmd slurm_node_ready slurmd -D -N localhost -f "$SL/slurm.conf"
@@ -425,6 +527,7 @@ slurm_up() {
   envline SLURM_CONF "$SL/slurm.conf"
   envline RUNNER_TEST_SLURM_CONF "$SL/slurm.conf"
   envline RUNNER_TEST_SLURM_GPUS "$SLURM_GPUS"
+  envline RUNNER_TEST_SLURM_ACCOUNTING "$SLURM_ACCT"
 }
 
 slurm_down() {
@@ -436,6 +539,8 @@ slurm_down() {
   fi
   stop_pidfile "$SL/slurmd.pid" 10
   stop_pidfile "$SL/slurmctld.pid" 10
+  stop_pidfile "$SL/slurmdbd.pid" 10
+  stop_pidfile "$SL/mariadb.pid" 30
   stop_pidfile "$SL/munged.pid" 10
   # a job step's slurmstepd outlives slurmd by design; ours keep our slurmd.log open
   for p in $(pgrep -x slurmstepd 2>/dev/null || true); do
@@ -484,7 +589,7 @@ status() {
     else echo "$f: not started here"; fi
   done
   docker info >/dev/null 2>&1 && echo "docker: answers" || echo "docker: no engine"
-  for f in munged slurmctld slurmd; do
+  for f in munged mariadb slurmdbd slurmctld slurmd; do
     if pidfile_alive "$SL/$f.pid"; then echo "slurm $f: running (pid $(cat "$SL/$f.pid"))"
     else echo "slurm $f: not started here"; fi
   done

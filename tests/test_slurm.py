@@ -159,6 +159,69 @@ def test_bad_target_values_are_clear_errors(project: Path, cli, target: dict[str
     assert "never" not in res.stdout
 
 
+def _accounting_enforced() -> bool:
+    try:
+        out = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True,
+                             timeout=10, env=dict(os.environ, SLURM_CONF=SLURM_CONF)).stdout
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return ("accounting_storage/slurmdbd" in out
+            and "associations" in out.split("AccountingStorageEnforce", 1)[-1].split("\n", 1)[0])
+
+
+needs_accounting = pytest.mark.skipif(
+    not _accounting_enforced(),
+    reason="the testbed's Slurm keeps no enforced accounting (RUNNER_TESTBED_SLURM_ACCT=0): "
+           "sbatch alone decides accounts and QOS there")
+
+
+@needs_accounting
+@pytest.mark.parametrize(("target", "says"), [
+    ({"account": "nope"}, ["target.account", "no account 'nope'", "valid: ml, root"]),
+    ({"qos": "nope"}, ["target.qos", "no QOS 'nope'", "valid for account 'ml': normal, short"]),
+    ({"account": "root", "qos": "short"},
+     ["target.qos", "account 'root' may not use QOS 'short'", "valid for account 'root': normal"]),
+])
+def test_an_unknown_account_or_qos_is_refused_before_submitting_with_the_valid_ones(  # type: ignore[no-untyped-def]
+        project: Path, cli, target: dict[str, str], says: list[str]) -> None:
+    res = cli("submit", *_slurm(project, "print('never')\n", **target), env=_env())
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert "error:" in res.stderr and "Traceback" not in res.stderr, res.stderr
+    for text in says:
+        assert text in res.stderr, res.stderr
+    assert "never" not in res.stdout
+
+
+@needs_accounting
+def test_an_account_sbatch_refuses_names_the_key(project: Path, cli) -> None:  # type: ignore[no-untyped-def]
+    # passed around the check (as a raw sbatch option): sbatch itself refuses it
+    res = cli("submit", *_slurm(project, "print('never')\n"), "target.sbatch_args=['--account=nope']",
+              env=_env())
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert "Traceback" not in res.stderr, res.stderr
+    assert "error: target.account: Slurm refused the job: " in res.stderr, res.stderr
+    assert "Invalid account" in res.stderr and "sacctmgr show assoc" in res.stderr, res.stderr
+
+
+@needs_accounting
+def test_a_run_under_a_valid_account_and_qos_succeeds_and_sacct_records_it(project: Path, cli) -> None:  # type: ignore[no-untyped-def]
+    res = cli("submit", *_slurm(project, "print('accounted')\n", account="ml", qos="short"),
+              env=_env())
+    assert res.returncode == 0, res.stderr
+    assert "accounted" in res.stdout, res.stdout
+    (run,) = Store(project / ".runner").list()
+    assert run.state == RunState.SUCCEEDED and run.locator is not None
+    seen = ""
+    for _ in range(100):  # slurmctld hands the job to slurmdbd within moments (QOS last)
+        seen = subprocess.run(
+            ["sacct", "-j", str(run.locator["job_id"]), "-X", "-n", "-P", "-o", "Account,QOS,State"],
+            capture_output=True, text=True, env=dict(os.environ, **_env())).stdout.strip()
+        if seen == "ml|short|COMPLETED":
+            break
+        time.sleep(0.2)
+    assert seen == "ml|short|COMPLETED", seen
+
+
 def test_no_slurm_on_path_is_a_clear_error(project: Path, cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     bare = tmp_path / "bin"
     bare.mkdir()
@@ -175,6 +238,8 @@ def test_doctor_checks_sinfo_the_partition_and_the_work_dir_from_a_node(project:
     for name in ("sinfo", "partition", "sacct", "work dir"):
         assert name in res.stdout, res.stdout
     assert "gres gpu" in res.stdout and "a compute node reads" in res.stdout, res.stdout
+    if _accounting_enforced():
+        assert "enforces accounting" in res.stdout, res.stdout
     bad = cli("doctor", "slurm", env=dict(_env(), SLURM_CONF="/nonexistent/slurm.conf"))
     assert bad.returncode != 0 and "FAIL" in bad.stdout, bad.stdout + bad.stderr
 

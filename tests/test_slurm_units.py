@@ -9,6 +9,8 @@ import pytest
 
 from runner.backend import RunState
 from runner.errors import UserError
+from runner.plugins.slurm.client import Result, Slurm
+from runner.plugins.slurm.cluster import check_accounts, refused
 from runner.plugins.slurm.config import SlurmConfig, check, sbatch_options, time_limit_minutes
 from runner.plugins.slurm.states import parse_sacct, parse_scontrol
 
@@ -103,3 +105,60 @@ def test_the_composed_slurm_target_has_the_ssh_keys_of_the_remote_targets() -> N
     ssh_keys = {f.name for f in dataclasses.fields(SSHTarget)}
     assert ssh_keys <= {f.name for f in dataclasses.fields(SlurmConfig)}
     assert SlurmConfig().host == ""  # no host: runner runs on the login node
+
+
+@pytest.mark.parametrize(("line", "key"), [
+    ("sbatch: error: Batch job submission failed: Invalid account or account/partition "
+     "combination specified", "target.account"),
+    ("sbatch: error: Batch job submission failed: Invalid qos specification", "target.qos"),
+    ("sbatch: error: Batch job submission failed: Invalid partition name specified",
+     "target.partition"),
+])
+def test_what_sbatch_refuses_names_the_key(line: str, key: str) -> None:
+    e = refused(line)
+    assert e.message.startswith(f"{key}: Slurm refused the job: ") and line in e.message
+
+
+class _Cluster(Slurm):
+    """A stand-in for the Slurm commands: each command's output by its first words."""
+
+    def __init__(self, answers: dict[str, str]) -> None:
+        super().__init__(SlurmConfig())
+        self.answers = answers
+        self.asked: list[str] = []
+
+    def user(self) -> str:
+        return "ana"
+
+    def run(self, *argv: str, retry: bool = True) -> Result:
+        key = next((k for k in self.answers if " ".join(argv).startswith(k)), None)
+        self.asked.append(" ".join(argv[:3]))
+        return Result(0, self.answers[key], "") if key else Result(1, "", "no such command")
+
+
+_ENFORCED = ("ClusterName = lab\nAccountingStorageType = accounting_storage/slurmdbd\n"
+             "AccountingStorageEnforce = associations,limits,qos\n")
+
+
+@pytest.mark.parametrize("config", [
+    "AccountingStorageType = accounting_storage/none\n",
+    "ClusterName = lab\nAccountingStorageType = accounting_storage/slurmdbd\n"
+    "AccountingStorageEnforce = none\n",
+])
+def test_without_enforced_accounting_sbatch_decides(config: str) -> None:
+    slurm = _Cluster({"scontrol show config": config})
+    check_accounts(SlurmConfig(account="nope", qos="nope"), slurm)  # no error: sbatch decides
+    assert slurm.asked == ["scontrol show config"]
+
+
+def test_a_qos_is_checked_against_the_account_it_runs_under() -> None:
+    slurm = _Cluster({"scontrol show config": _ENFORCED,
+                      "sacctmgr -nP show assoc": "gpu|high,normal\ncpu|normal\n",
+                      "sacctmgr -nP show user": "cpu\n",
+                      "sacctmgr -nP show qos": "normal\nhigh\n"})
+    check_accounts(SlurmConfig(account="GPU", qos="High"), slurm)  # names are case-blind
+    for config in (SlurmConfig(account="cpu", qos="high"), SlurmConfig(qos="high")):  # default: cpu
+        with pytest.raises(UserError) as e:
+            check_accounts(config, slurm)
+        assert "account 'cpu' may not use QOS 'high'" in e.value.message
+        assert "valid for account 'cpu': normal" in e.value.hints[0]

@@ -14,22 +14,11 @@ from runner.errors import UserError
 from runner.plugins._ssh import session_of
 from runner.plugins.slurm import config as cf
 from runner.plugins.slurm.client import slurm_for
-from runner.plugins.slurm.cluster import check_target
+from runner.plugins.slurm.cluster import check_accounts, check_target, refused
 from runner.plugins.slurm.handle import SlurmHandle
 from runner.plugins.slurm.jobdirs import dirs_for
 from runner.plugins.slurm.script import SCRIPT, array_script, batch_script
 from runner.rundir import LOG
-
-#: what sbatch says, and which key it is about
-_REFUSALS = (
-    ("partition", "target.partition"),
-    ("account", "target.account"),
-    ("qos", "target.qos"),
-    ("gres", "target.gres / target.gpus"),
-    ("time limit", "target.time_limit"),
-    ("memory", "target.mem_mb"),
-    ("node configuration is not available", "target.gpus / target.gres / target.cpus_per_task / target.mem_mb"),
-)
 
 
 class SlurmBackend(Backend):
@@ -69,6 +58,8 @@ class SlurmBackend(Backend):
         gpus = self.gpus_for(spec)
         if gpus not in self._checked:
             check_target(self.config, gpus, self.slurm)
+            if not self._checked:  # the account and QOS are the same for every run
+                check_accounts(self.config, self.slurm)
             self._checked.add(gpus)
         return self.dirs.prepare_env(spec.env)
 
@@ -88,7 +79,7 @@ class SlurmBackend(Backend):
     def _sbatch(self, *argv: str) -> str:
         r = self.slurm.run("sbatch", "--parsable", *argv, retry=False)  # never two jobs
         if not r.ok:
-            raise _refused(r.first_error())
+            raise refused(r.first_error())
         job_id = r.out.strip().split(";")[0]
         if not job_id:
             raise RuntimeError(f"sbatch printed no job id (stdout {r.out!r}, stderr {r.err!r})")
@@ -138,12 +129,3 @@ class SlurmBackend(Backend):
         from runner.plugins.slurm.doctor import checks
 
         return checks(self)
-
-
-def _refused(line: str) -> UserError:
-    low = line.lower()
-    keys = [key for word, key in _REFUSALS if word in low]
-    return UserError(
-        f"Slurm refused the job: {line}",
-        f"check {keys[0]}; `runner doctor TARGET` and sinfo show what the cluster offers."
-        if keys else "`runner doctor TARGET` and sinfo show what the cluster offers.")

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from runner.backend import Check
 from runner.errors import UserError
 from runner.plugins.slurm.client import SSHSlurm
-from runner.plugins.slurm.cluster import check_target
+from runner.plugins.slurm.cluster import accounting, check_accounts, check_target
 
 if TYPE_CHECKING:
     from runner.plugins.slurm.backend import SlurmBackend
@@ -49,6 +49,15 @@ def checks(b: SlurmBackend) -> list[Check]:
     out.append(Check("sacct", True, "accounting answers" if acct.ok else
                      f"no accounting ({acct.first_error()}): states come from the run directory "
                      "and scontrol, which forgets ended jobs after MinJobAge"))
+    kept = accounting(slurm) if acct.ok else None
+    if kept is not None and kept.enforced:
+        try:
+            check_accounts(c, slurm)
+            out.append(Check("account", True, f"cluster {kept.cluster} enforces accounting; "
+                             f"account {c.account or '(your default)'}, "
+                             f"QOS {c.qos or '(the default)'}: allowed"))
+        except UserError as e:
+            out.append(Check("account", False, e.message, "\n".join(e.hints)))
     out.append(_work_dir(b))
     return out
 
