@@ -343,7 +343,7 @@ def test_sweep_resume_continues_a_cancelled_job_from_its_checkpoint(project: Pat
     (project / "epochs.py").write_text(EPOCHS)
     proc = subprocess.Popen(
         [sys.executable, "-m", "runner.cli", "submit", "-m", "model=script", "model.path=epochs.py",
-         "model.args=[4,0.5]", "seed=1,2"],
+         "model.args=[10,0.5]", "seed=1,2"],
         cwd=project, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env={**os.environ, "PYTHONPATH": str(REPO)})
     runs = project / ".runner" / "runs"
@@ -370,6 +370,6 @@ def test_sweep_resume_continues_a_cancelled_job_from_its_checkpoint(project: Pat
     assert json.loads((runs / new[0] / "status.json").read_text())["state"] == "SUCCEEDED"
     log = (runs / new[0] / "log.txt").read_text()
     assert f"starting after epoch {saved}" in log
-    assert _epochs(log) == list(range(saved + 1, 5))
+    assert _epochs(log) == list(range(saved + 1, 11))
     shown = run_cli("show", new[0], cwd=project).stdout
     assert f"{victim} (resumed" in shown
