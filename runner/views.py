@@ -345,12 +345,12 @@ def override_values(overrides: Sequence[str]) -> dict[str, str]:
     return out
 
 
-#: one row of a sweep's table: job number, overrides, run id, state, final metrics, seconds
 def attempt_label(run_id: str | None, attempt: int) -> str | None:
     """A run's id as a sweep's table shows it: with its attempt when it is a retry."""
     return f"{run_id} (attempt {attempt})" if run_id and attempt > 1 else run_id
 
 
+#: one row of a sweep's table: job number, overrides, run id, state, final metrics, seconds
 JobRow = tuple[int, list[str], str | None, str, dict[str, float], float | None]
 
 

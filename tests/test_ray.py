@@ -87,9 +87,7 @@ def test_oversized_outputs_stay_on_the_cluster_and_the_log_says_so(tmp_path: Pat
 
 def test_a_sweep_on_a_ray_target(project: Path, cli) -> None:  # type: ignore[no-untyped-def]
     (project / "job.py").write_text("import sys, runner\nrunner.log_metric('score', float(sys.argv[1]) * 2)\n")
-    (project / "conf" / "target").mkdir(parents=True)
-    (project / "conf" / "target" / "cluster.yaml").write_text(
-        f"backend: ray\naddress: {ADDRESS}\nnum_cpus: 0.5\n")
+    _cluster_target(project)
     res = cli("submit", "-m", "model=script", "model.path=job.py", "target=cluster",
               "model.args=[1],[2],[3]", timeout=300)
     assert res.returncode == 0, res.stderr
@@ -164,10 +162,11 @@ print('DATA', json.dumps({'path': str(p), 'a': (p / 'a.txt').read_text().strip()
 """
 
 
-def _cluster_target(project: Path) -> None:
+def _cluster_target(project: Path, more: str = "") -> None:
+    """``target=cluster``: the testbed's Ray head, half a CPU a run, and ``more`` YAML."""
     (project / "conf" / "target").mkdir(parents=True, exist_ok=True)
     (project / "conf" / "target" / "cluster.yaml").write_text(
-        f"backend: ray\naddress: {ADDRESS}\nnum_cpus: 0.5\n")
+        f"backend: ray\naddress: {ADDRESS}\nnum_cpus: 0.5\n{more}")
 
 
 def _dataset(folder: Path) -> Path:
@@ -311,9 +310,7 @@ def test_a_cancelled_ray_run_brings_its_checkpoint_home_and_resumes_from_it(proj
     from tests.test_resume import EPOCHS
 
     (project / "epochs.py").write_text(EPOCHS)
-    (project / "conf" / "target").mkdir(parents=True)
-    (project / "conf" / "target" / "cluster.yaml").write_text(
-        f"backend: ray\naddress: {ADDRESS}\nnum_cpus: 0.5\ncancel_grace: 5\n")
+    _cluster_target(project, "cancel_grace: 5\n")
     # 30 slow epochs, so that the cancel comes mid-run however slowly `runner logs` answers;
     # the resumed run trains what is left at a faster pace (an override given to resume)
     r = cli("submit", "--detach", "target=cluster", "model=script", "model.path=epochs.py",

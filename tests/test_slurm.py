@@ -141,6 +141,17 @@ def test_a_gpu_request_is_a_gres_and_the_run_sees_its_device(project: Path, cli)
     assert "cvd None" in res.stdout, res.stdout
 
 
+def _refused_before_running(project: Path, cli, target: dict[str, str], says: list[str]) -> None:  # type: ignore[no-untyped-def]
+    """A submit with these target keys is one clear error (exit 2) saying each of ``says``,
+    and nothing ran."""
+    res = cli("submit", *_slurm(project, "print('never')\n", **target), env=_env())
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert "error:" in res.stderr and "Traceback" not in res.stderr, res.stderr
+    for text in says:
+        assert text in res.stderr, res.stderr
+    assert "never" not in res.stdout
+
+
 @pytest.mark.parametrize(("target", "says"), [
     ({"partition": "nope"}, ["target.partition", "no partition 'nope'", "available: debug, short"]),
     ({"gres": "tpu:1"}, ["target.gres", "offer no 'tpu'", "they offer: gpu"]),
@@ -151,12 +162,7 @@ def test_a_gpu_request_is_a_gres_and_the_run_sees_its_device(project: Path, cli)
 ])
 def test_bad_target_values_are_clear_errors(project: Path, cli, target: dict[str, str],  # type: ignore[no-untyped-def]
                                             says: list[str]) -> None:
-    res = cli("submit", *_slurm(project, "print('never')\n", **target), env=_env())
-    assert res.returncode == 2, res.stdout + res.stderr
-    assert "error:" in res.stderr and "Traceback" not in res.stderr, res.stderr
-    for text in says:
-        assert text in res.stderr, res.stderr
-    assert "never" not in res.stdout
+    _refused_before_running(project, cli, target, says)
 
 
 def _accounting_enforced() -> bool:
@@ -184,12 +190,7 @@ needs_accounting = pytest.mark.skipif(
 ])
 def test_an_unknown_account_or_qos_is_refused_before_submitting_with_the_valid_ones(  # type: ignore[no-untyped-def]
         project: Path, cli, target: dict[str, str], says: list[str]) -> None:
-    res = cli("submit", *_slurm(project, "print('never')\n", **target), env=_env())
-    assert res.returncode == 2, res.stdout + res.stderr
-    assert "error:" in res.stderr and "Traceback" not in res.stderr, res.stderr
-    for text in says:
-        assert text in res.stderr, res.stderr
-    assert "never" not in res.stdout
+    _refused_before_running(project, cli, target, says)
 
 
 @needs_accounting
